@@ -1,0 +1,55 @@
+# Roost — fast.ai lesson 1 models as production model servers.
+SHELL := /bin/bash
+PY := .venv/bin/python
+ARTIFACTS ?= artifacts
+DATA ?=
+PORT ?= 3000
+GRPC_PORT ?= 8001
+TRAIN_ARGS ?=
+MODELS := bird segment tabular collab
+
+export BENTOML_DO_NOT_TRACK := True
+export KUBECONFIG := /dev/null
+
+.PHONY: setup test test-fast train-all serve bench tools chart-check $(addprefix train-,$(MODELS)) $(addprefix serve-,$(MODELS)) $(addprefix image-,$(MODELS)) $(addprefix bench-,$(MODELS))
+
+setup: .venv/.installed
+
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch + torchvision first, pinned: pip takes them from local disk where they lie there.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip check
+	touch $@
+
+train-%: setup
+	$(PY) -m training $* --out $(ARTIFACTS) $(if $(DATA),--data $(DATA)) $(TRAIN_ARGS)
+
+train-all: $(addprefix train-,$(MODELS))
+
+serve-%: setup
+	ROOST_ARTIFACTS=$(ARTIFACTS) ROOST_GRPC_PORT=$(GRPC_PORT) .venv/bin/bentoml serve services.$*:$(shell $(PY) -c "import sys; print(sys.argv[1].capitalize())" $*) --host 127.0.0.1 --port $(PORT)
+
+bench-%: setup
+	$(PY) -m services.bench $* --artifacts $(ARTIFACTS)
+
+bench: $(addprefix bench-,$(MODELS))
+
+tools:
+	bash k8s/tools.sh
+
+chart-check: setup tools
+	$(PY) -m pytest -p no:cloudcoil tests/charts -q
+
+image-%: setup
+	# Builds the bento (no container engine needed); containerize needs Docker/podman/buildah.
+	cd services && ../.venv/bin/bentoml build -f $*.bentofile.yaml
+	@echo "then: bentoml containerize roost-$*:latest  (needs a container engine)"
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"

@@ -1,0 +1,92 @@
+"""Lesson 1's "Is it a bird?" classifier as a BentoML service.
+
+    bentoml serve services.bird:Bird      # or: make serve-bird
+
+POST /predict        multipart file field `image`          -> BirdPrediction
+POST /predict_batch  JSON {"images": [<base64 image>, ...]} -> [BirdPrediction, ...]
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import bentoml
+import numpy as np
+from pydantic import BaseModel, Field
+
+from services.model import RoostError, RoostModel, error_response, inference_service
+from services.preprocessing import decode_base64, decode_image, image_tensor, softmax
+from services import metrics
+
+MAX_BATCH_ITEMS = 64
+
+
+class BirdPrediction(BaseModel):
+    label: str = Field(description="the most probable class, e.g. 'bird' or 'forest'")
+    probability: float = Field(ge=0, le=1, description="probability of `label`")
+    probabilities: dict[str, float] = Field(description="probability of every class")
+    model_version: str
+
+
+class BirdModel(RoostModel):
+    name = "bird"
+    spec_kind = "image"
+
+    def preprocess(self, images: list[bytes | str]) -> np.ndarray:
+        rows = []
+        for i, item in enumerate(images):
+            field = "image" if len(images) == 1 and isinstance(item, bytes) else f"images[{i}]"
+            data = decode_base64(item, field) if isinstance(item, str) else item
+            rows.append(image_tensor(decode_image(data, field), self.spec))
+        return np.stack(rows)
+
+    def postprocess(self, logits: np.ndarray, images) -> list[BirdPrediction]:
+        vocab = self.spec.vocab
+        results = []
+        for probs in softmax(logits.astype(np.float64), axis=1):
+            best = int(probs.argmax())
+            metrics.PREDICTIONS.labels(self.name, vocab[best]).inc()
+            results.append(
+                BirdPrediction(
+                    label=vocab[best],
+                    probability=float(probs[best]),
+                    probabilities={label: float(p) for label, p in zip(vocab, probs)},
+                    model_version=self.version,
+                )
+            )
+        return results
+
+
+BirdInference = inference_service("bird", max_batch_size=32, max_latency_ms=1000)
+
+
+@bentoml.service(workers=1)
+class Bird:
+    inference = bentoml.depends(BirdInference)
+
+    def __init__(self) -> None:
+        self.model = BirdModel(infer=self._infer).load()
+
+    async def _infer(self, rows: np.ndarray) -> np.ndarray:
+        return await self.inference.to_async.infer(rows)
+
+    def __is_ready__(self) -> bool:
+        return self.model.ready
+
+    @bentoml.api(route="/predict")
+    async def predict(self, image: Path) -> BirdPrediction:
+        """Classify one uploaded image file (multipart form field `image`)."""
+        try:
+            return (await self.model([image.read_bytes()]))[0]
+        except RoostError as exc:
+            return error_response(exc)
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(
+        self, images: list[str] = Field(min_length=1, max_length=MAX_BATCH_ITEMS, description="base64-encoded image files")
+    ) -> list[BirdPrediction]:
+        """Classify several base64-encoded images in one request (they share the batch)."""
+        try:
+            return await self.model(images)
+        except RoostError as exc:
+            return error_response(exc)

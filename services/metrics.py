@@ -1,0 +1,71 @@
+"""Roost's Prometheus metrics, served on /metrics beside BentoML's own.
+
+BentoML runs every service process with PROMETHEUS_MULTIPROC_DIR set, so these plain
+prometheus_client objects are aggregated across the front and inference processes.
+Names here are a public interface: dashboards, alerts and the chart's HPA use them.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+
+from prometheus_client import Counter, Gauge, Histogram
+
+STAGE_SECONDS = Histogram(
+    "roost_stage_seconds",
+    "Time spent in each stage of a request: preprocess, infer (one batch), postprocess.",
+    ["model", "stage"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+BATCH_SIZE = Histogram(
+    "roost_batch_size",
+    "Rows in each batch the model executed (after adaptive batching).",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+)
+PREDICTIONS = Counter(
+    "roost_predictions_total", "Predictions returned, by predicted label.", ["model", "label"]
+)
+REQUESTS = Counter(
+    "roost_requests_total",
+    "Requests answered, by protocol (http, oip_rest, oip_grpc) and outcome (ok, client_error, "
+    "rejected, error).",
+    ["model", "protocol", "outcome"],
+)
+IN_FLIGHT = Gauge(
+    "roost_requests_in_flight",
+    "Requests accepted and not yet answered, per pod; the custom autoscaling metric.",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+REJECTED = Counter(
+    "roost_rejected_total",
+    "Requests shed before inference (overloaded batcher, concurrency limit, timeout).",
+    ["model", "reason"],
+)
+MODEL_INFO = Gauge(
+    "roost_model_info",
+    "The model this process serves (value 1).",
+    ["model", "version", "runtime", "arch", "device"],
+    multiprocess_mode="liveall",
+)
+
+METRIC_NAMES = (
+    "roost_stage_seconds",
+    "roost_batch_size",
+    "roost_predictions_total",
+    "roost_requests_total",
+    "roost_requests_in_flight",
+    "roost_rejected_total",
+    "roost_model_info",
+)
+
+
+@contextmanager
+def timed(model: str, stage: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_SECONDS.labels(model, stage).observe(time.perf_counter() - start)

@@ -1,0 +1,206 @@
+"""The one export every recipe uses: learner -> learner.pkl + model.onnx + preprocess.json +
+pictures + manifest.json, verified (ONNX Runtime vs the re-loaded pickle) before it is sealed."""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import logging
+import platform
+import shutil
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from services.bundle import (
+    LEARNER_FILE,
+    MODEL_FILE,
+    DataSummary,
+    Manifest,
+    TensorInfo,
+    new_version,
+    seal,
+    write_spec,
+)
+
+log = logging.getLogger("roost.train")
+OPSET = 18
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class OnnxSignature:
+    input_names: list[str]
+    output_names: list[str]
+    example_inputs: tuple  # torch tensors, batch first
+    dynamic_shapes: tuple  # one {axis: torch.export.Dim} per input
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for dist in ("torch", "torchvision", "fastai", "fastcore", "timm", "onnx", "onnxruntime", "onnxscript", "numpy", "pandas", "pillow"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def plain_model(model):
+    """A copy of the network that torch.onnx's dynamo exporter can trace: fastai's ToTensorBase
+    (last layer of DynamicUnet) re-wraps outputs in a tensor subclass, which breaks FakeTensor."""
+    import torch.nn as nn
+    from fastai.layers import ToTensorBase
+
+    model = copy.deepcopy(model).eval().cpu()
+    for parent in list(model.modules()):
+        for child_name, child in list(parent.named_children()):
+            if isinstance(child, ToTensorBase):
+                setattr(parent, child_name, nn.Identity())
+    return model
+
+
+def export_onnx(model, signature: OnnxSignature, path: Path) -> None:
+    import torch
+
+    plain = plain_model(model)
+    inputs = tuple(t.as_subclass(torch.Tensor).cpu() for t in signature.example_inputs)
+    with torch.no_grad():
+        torch.onnx.export(
+            plain,
+            inputs,
+            str(path),
+            input_names=signature.input_names,
+            output_names=signature.output_names,
+            dynamo=True,
+            dynamic_shapes=signature.dynamic_shapes,
+            external_data=False,
+            opset_version=OPSET,
+            verbose=False,
+        )
+
+
+def _activate(x: np.ndarray, activation: str) -> np.ndarray:
+    if activation == "softmax":
+        z = x - x.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+    return x
+
+
+def verify_onnx(learner_pkl: Path, onnx_path: Path, dl, n_inputs: int, activation: str, max_batches: int | None = None) -> dict[str, float]:
+    """Run the validation set through the re-loaded pickle (torch) and model.onnx (onnxruntime)."""
+    import onnxruntime as ort
+    import torch
+    from fastai.learner import load_learner
+
+    pickled = load_learner(learner_pkl, cpu=True)
+    model = pickled.model.eval()
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    max_diff, agree, total, rows = 0.0, 0, 0, 0
+    for i, batch in enumerate(dl):
+        if max_batches is not None and i >= max_batches:
+            break
+        xs = [t.as_subclass(torch.Tensor).cpu() for t in batch[:n_inputs]]
+        with torch.no_grad():
+            expected = _activate(model(*xs).as_subclass(torch.Tensor).float().numpy(), activation)
+        got = _activate(session.run(None, {n: x.numpy() for n, x in zip(names, xs)})[0], activation)
+        max_diff = max(max_diff, float(np.abs(expected - got).max()))
+        rows += len(expected)
+        if activation == "softmax":
+            same = expected.argmax(axis=1) == got.argmax(axis=1)
+            agree += int(same.sum())
+            total += same.size
+    result = {"max_abs_diff": max_diff, "rows": float(rows)}
+    if total:
+        result["argmax_agreement"] = agree / total
+    return result
+
+
+def onnx_tensor_infos(onnx_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+
+    def info(arg) -> TensorInfo:
+        dtype = arg.type.replace("tensor(", "").rstrip(")")
+        return TensorInfo(name=arg.name, dtype=dtype, shape=[d if isinstance(d, int) else str(d) for d in arg.shape])
+
+    return [info(a) for a in session.get_inputs()], [info(a) for a in session.get_outputs()]
+
+
+def write_bundle(
+    learn,
+    *,
+    name: str,
+    task: str,
+    out_root: Path,
+    spec,
+    signature: OnnxSignature,
+    verify_dl,
+    activation: str,
+    arch: str,
+    weights: str,
+    data: DataSummary,
+    metrics: dict[str, float],
+    training_seconds: float,
+    pictures: Callable[[Path], None],
+    settings: dict | None = None,
+    tolerance: float = 1e-4,
+    verify_batches: int | None = None,
+) -> Path:
+    """Write, verify and seal one bundle; the folder appears under its version only when whole."""
+    version = new_version()
+    final = Path(out_root) / name / version
+    staging = Path(out_root) / name / f".{version}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    try:
+        start = time.perf_counter()
+        learn.export(staging.resolve() / LEARNER_FILE)
+        export_onnx(learn.model, signature, staging / MODEL_FILE)
+        write_spec(staging, spec)
+        parity = verify_onnx(staging / LEARNER_FILE, staging / MODEL_FILE, verify_dl, len(signature.input_names), activation, verify_batches)
+        log.info("export parity, ONNX Runtime vs re-loaded learner.pkl: %s", parity)
+        if parity["max_abs_diff"] > tolerance or parity.get("argmax_agreement", 1.0) < 1.0:
+            raise ExportError(f"ONNX export does not match the learner: {parity} (tolerance {tolerance})")
+        pictures(staging)
+        inputs, outputs = onnx_tensor_infos(staging / MODEL_FILE)
+        seal(
+            staging,
+            dict(
+                name=name,
+                version=version,
+                created=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                task=task,
+                arch=arch,
+                weights=weights,
+                versions=library_versions(),
+                data=data,
+                metrics={k: float(v) for k, v in metrics.items()},
+                training_seconds=round(training_seconds, 2),
+                onnx_inputs=inputs,
+                onnx_outputs=outputs,
+                onnx_opset=OPSET,
+                export_parity=parity,
+                settings=settings or {},
+            ),
+        )
+        staging.rename(final)
+        log.info("bundle written: %s (export %.1f s)", final, time.perf_counter() - start)
+        return final
+    except BaseException:
+        log.error("export failed; partial bundle left for inspection at %s", staging)
+        raise
+
+
+__all__ = ["OnnxSignature", "write_bundle", "export_onnx", "verify_onnx", "ExportError", "Manifest"]
