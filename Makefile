@@ -33,7 +33,7 @@ serve-%: setup
 	ROOST_ARTIFACTS=$(ARTIFACTS) ROOST_GRPC_PORT=$(GRPC_PORT) .venv/bin/bentoml serve services.$*:$(shell $(PY) -c "import sys; print(sys.argv[1].capitalize())" $*) --host 127.0.0.1 --port $(PORT)
 
 bench-%: setup
-	$(PY) -m services.bench $* --artifacts $(ARTIFACTS)
+	$(PY) -m tests.bench $* --artifacts $(ARTIFACTS)
 
 bench: $(addprefix bench-,$(MODELS))
 

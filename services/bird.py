@@ -14,6 +14,7 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, Field
 
+from services.oip import with_oip
 from services.model import RoostError, RoostModel, error_response, inference_service
 from services.preprocessing import decode_base64, decode_image, image_tensor, softmax
 from services import metrics
@@ -60,6 +61,7 @@ class BirdModel(RoostModel):
 BirdInference = inference_service("bird", max_batch_size=32, max_latency_ms=1000)
 
 
+@with_oip
 @bentoml.service(workers=1)
 class Bird:
     inference = bentoml.depends(BirdInference)

@@ -15,7 +15,7 @@ from training.export import OnnxSignature, write_bundle
 log = logging.getLogger("roost.train")
 
 LESSON_SIZE, LESSON_EPOCHS = 192, 3
-QUICK_SIZE, QUICK_PER_LABEL = 64, 30
+QUICK_SIZE, QUICK_PER_LABEL, QUICK_BS = 96, 40, 16
 
 
 def build_learner(path: Path, size: int, backbone, bs: int = 32):
@@ -62,7 +62,8 @@ def train(opts: TrainOptions) -> Path:
     log.info("bird: %d images in %s (%s), size %d, fine_tune(%d)", len(files), path, source.source, size, epochs)
 
     backbone = choose_backbone(opts.arch or "resnet18", opts.pretrained, opts.cache)
-    learn = build_learner(path, size, backbone, bs=opts.bs or 32)
+    bs = opts.bs or (QUICK_BS if opts.quick else 32)
+    learn = build_learner(path, size, backbone, bs=bs)
     start = time.perf_counter()
     learn.fine_tune(epochs)
     seconds = time.perf_counter() - start
@@ -92,5 +93,5 @@ def train(opts: TrainOptions) -> Path:
         metrics={"error_rate": float(error), "valid_loss": float(valid_loss)},
         training_seconds=seconds,
         pictures=pictures(learn),
-        settings={"size": size, "epochs": epochs, "quick": opts.quick, "seed": opts.seed, "bs": opts.bs or 32},
+        settings={"size": size, "epochs": epochs, "quick": opts.quick, "seed": opts.seed, "bs": bs},
     )

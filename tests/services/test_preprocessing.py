@@ -1,0 +1,63 @@
+"""Our numpy/PIL preprocessing against fastai's own pipeline, on real photos."""
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from services.bundle import open_bundle
+from services.preprocessing import InputError, decode_base64, decode_image, image_tensor, mask_to_size
+from tests.conftest import BIRD_EXAMPLES, SHARED
+
+
+@pytest.mark.slow
+def test_image_tensor_equals_fastai_validation_pipeline(bird_bundle):
+    from fastai.learner import load_learner
+
+    learn = load_learner(bird_bundle / "learner.pkl", cpu=True)
+    spec = open_bundle(bird_bundle).spec
+    photos = sorted((SHARED / "bird_or_forest" / "bird").iterdir())[:10] + sorted((SHARED / "bird_or_forest" / "forest").iterdir())[:10]
+    photos += [p for p in (SHARED / "bird_or_forest").rglob("*.png")][:3] + sorted(BIRD_EXAMPLES.iterdir())
+    expected = learn.dls.test_dl(photos, bs=len(photos)).one_batch()[0].numpy()
+    ours = np.stack([image_tensor(decode_image(p.read_bytes()), spec) for p in photos])
+    assert ours.shape == expected.shape
+    assert np.abs(ours - expected).max() <= 1e-5
+
+
+def png_bytes(mode="RGB", size=(20, 10)):
+    buf = io.BytesIO()
+    Image.new(mode, size, 128).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P", "CMYK"])
+def test_any_image_mode_becomes_rgb(mode):
+    data = png_bytes(mode) if mode != "CMYK" else None
+    if data is None:
+        buf = io.BytesIO()
+        Image.new("CMYK", (20, 10)).save(buf, format="JPEG")
+        data = buf.getvalue()
+    assert decode_image(data).mode == "RGB"
+
+
+@pytest.mark.parametrize("data, message", [(b"", "empty"), (b"hello", "not a readable image"), (png_bytes()[:40], "not a readable image")])
+def test_broken_images_name_the_field(data, message):
+    with pytest.raises(InputError, match=message) as err:
+        decode_image(data, "images[2]")
+    assert err.value.field == "images[2]" and err.value.status == 400
+
+
+def test_base64_and_data_urls():
+    raw = png_bytes()
+    assert decode_base64(base64.b64encode(raw).decode(), "x") == raw
+    assert decode_base64("data:image/png;base64," + base64.b64encode(raw).decode(), "x") == raw
+    with pytest.raises(InputError, match="base64"):
+        decode_base64("@@@", "x")
+
+
+def test_masks_go_back_to_the_request_size_without_blending():
+    mask = np.array([[0, 1], [2, 3]], dtype=np.uint8)
+    big = mask_to_size(mask, 4, 4)
+    assert big.shape == (4, 4) and set(np.unique(big)) == {0, 1, 2, 3}
