@@ -22,6 +22,7 @@ import numpy as np
 
 from services import metrics
 from services.bundle import Bundle, open_bundle
+from services.drain import InFlight, defer_sigterm
 from services.preprocessing import InputError
 from services.runtime import load_runtime
 from services.settings import Settings, settings_for
@@ -55,6 +56,20 @@ class RoostError(Exception):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+
+
+class Preprocessed:
+    """Rows already in model-input form (e.g. an OIP FP32 tensor), for :meth:`RoostModel.__call__`.
+
+    The call skips ``preprocess`` and hands ``request`` (default: one ``None`` per row) to
+    ``postprocess``; limits, batching and metrics are the same as for any other request.
+    """
+
+    __slots__ = ("rows", "request")
+
+    def __init__(self, rows: np.ndarray, request: Any = None):
+        self.rows = rows
+        self.request = [None] * len(rows) if request is None else request
 
 
 class RoostModel:
@@ -114,6 +129,10 @@ class RoostModel:
             if status in (429, 503):
                 metrics.REJECTED.labels(self.name, "overloaded").inc()
                 raise RoostError(503, "the model is overloaded; retry shortly", retry_after=1) from None
+            if isinstance(exc, OSError):  # e.g. the inference worker is restarting or shutting down
+                metrics.REJECTED.labels(self.name, "unavailable").inc()
+                log.warning("inference service unreachable: %s", exc)
+                raise RoostError(503, "the model is unavailable (restarting or shutting down); retry shortly", retry_after=1) from None
             log.exception("inference failed")
             raise RoostError(500, "inference failed; see the server log") from None
 
@@ -128,10 +147,13 @@ class RoostModel:
         outcome = "error"
         try:
             with metrics.timed(self.name, "preprocess"):
-                try:
-                    rows = await asyncio.to_thread(self.preprocess, request)
-                except InputError as exc:
-                    raise RoostError(exc.status, str(exc), field=exc.field) from None
+                if isinstance(request, Preprocessed):
+                    rows, request = request.rows, request.request
+                else:
+                    try:
+                        rows = await asyncio.to_thread(self.preprocess, request)
+                    except InputError as exc:
+                        raise RoostError(exc.status, str(exc), field=exc.field) from None
             outputs = await self.predict(rows)
             with metrics.timed(self.name, "postprocess"):
                 result = self.postprocess(outputs, request)
@@ -177,6 +199,7 @@ def inference_service(model: str, *, max_batch_size: int = 32, max_latency_ms: i
             self.bundle = open_bundle(settings.bundle_path())
             self.runtime = load_runtime(self.bundle, settings.runtime, settings.device, settings.ort_threads)
             self.spec = self.bundle.spec
+            defer_sigterm(model, deadline_s=settings.timeout_s + 5)
             metrics.MODEL_INFO.labels(
                 model, self.bundle.version, self.runtime.name, self.bundle.manifest.arch, self.runtime.device
             ).set(1)
@@ -194,7 +217,9 @@ def inference_service(model: str, *, max_batch_size: int = 32, max_latency_ms: i
                 metrics.STAGE_SECONDS.labels(model, "infer").observe(time.perf_counter() - start)
 
     Inference.__name__ = Inference.__qualname__ = f"{model.capitalize()}Inference"
-    return bentoml.service(
+    service = bentoml.service(
         traffic={"timeout": settings.timeout_s, "max_concurrency": settings.max_concurrency},
         workers=1,
     )(Inference)
+    service.add_asgi_middleware(InFlight)
+    return service
