@@ -41,11 +41,11 @@ tools:
 	bash k8s/tools.sh
 
 chart-check: setup tools
-	$(PY) -m pytest -p no:cloudcoil tests/charts -q
+	$(PY) -m pytest tests/charts -q -m "not slow"
 
 image-%: setup
 	# Builds the bento (no container engine needed); containerize needs Docker/podman/buildah.
-	cd services && ../.venv/bin/bentoml build -f $*.bentofile.yaml
+	.venv/bin/bentoml build -f services/$*.bentofile.yaml .
 	@echo "then: bentoml containerize roost-$*:latest  (needs a container engine)"
 
 test: setup

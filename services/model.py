@@ -93,6 +93,7 @@ class RoostModel:
                 f"not '{self.name}' ({self.spec_kind})"
             )
         self.spec = self.bundle.spec
+        metrics.IN_FLIGHT.labels(self.name).set(0)  # exported from the start: autoscalers read it
         log.info("loaded %s", self.bundle)
         return self
 

@@ -34,6 +34,8 @@ class OnnxRuntime:
         providers = ["CPUExecutionProvider"]
         if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
             providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            if hasattr(ort, "preload_dlls"):  # onnxruntime-gpu wheels find pip's CUDA/cuDNN this way
+                ort.preload_dlls()
         options = ort.SessionOptions()
         # Default: one intra-op thread per core this process may use; the batcher gives parallelism.
         options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
@@ -41,6 +43,8 @@ class OnnxRuntime:
         self.session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
         self.providers = self.session.get_providers()
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        if device == "cuda" and self.device != "cuda":  # CUDA provider failed to initialise
+            raise BundleError(f"ROOST_DEVICE=cuda but onnxruntime fell back to {self.providers}")
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
         log.info("onnxruntime session for %s on %s (%s)", bundle, self.device, self.providers)
