@@ -3,8 +3,8 @@
 On SIGTERM every process of `bentoml serve` starts shutting down at once (Kubernetes signals the
 arbiter, which signals its workers; `kill` of the process group signals all). The front must keep
 reaching the inference service until its own accepted requests are answered, so the inference
-service defers its shutdown: it keeps serving until it has no request in flight and has seen none
-for a quiet period, bounded by a deadline. Then uvicorn's own graceful shutdown proceeds.
+service defers its shutdown: it keeps serving until the front worker has exited and nothing is in
+flight here, bounded by a deadline. Then uvicorn's own graceful shutdown proceeds.
 """
 
 from __future__ import annotations
@@ -38,23 +38,28 @@ class InFlight:
             InFlight.last_seen = time.monotonic()
 
 
-def front_in_flight(model: str) -> float:
-    """The front process's `roost_requests_in_flight`, read from the shared multiprocess metrics."""
+def front_workers_alive(own_service: str) -> bool:
+    """Is any other BentoML worker of this server (the front) still running? Siblings under the
+    same arbiter, told apart by their `--service-name`."""
     import os
 
-    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        return 0.0
-    from prometheus_client import CollectorRegistry
-    from prometheus_client.multiprocess import MultiProcessCollector
+    import psutil
 
-    registry = CollectorRegistry()
-    MultiProcessCollector(registry)
-    return registry.get_sample_value("roost_requests_in_flight", {"model": model}) or 0.0
+    for proc in psutil.Process(os.getppid()).children():
+        try:
+            cmd = proc.cmdline()
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if proc.pid != os.getpid() and "--service-name" in cmd:
+            name = cmd[cmd.index("--service-name") + 1] if cmd.index("--service-name") + 1 < len(cmd) else ""
+            if name and name != own_service and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+    return False
 
 
-def defer_sigterm(model: str, quiet_s: float = 0.5, deadline_s: float = 60.0) -> None:
-    """Wrap the current SIGTERM handler (uvicorn's) so it runs only once traffic has drained:
-    nothing in flight here, nothing in flight in the front, and a quiet moment."""
+def defer_sigterm(own_service: str, deadline_s: float = 60.0) -> None:
+    """Wrap the current SIGTERM handler (uvicorn's) so it runs only once the front has exited
+    (it answers everything it accepted, over every protocol, first) and nothing is in flight here."""
     if threading.current_thread() is not threading.main_thread():
         return
     server_handler = signal.getsignal(signal.SIGTERM)
@@ -70,13 +75,14 @@ def defer_sigterm(model: str, quiet_s: float = 0.5, deadline_s: float = 60.0) ->
 
         def wait():
             while time.monotonic() - begin < deadline_s:
-                if InFlight.count == 0 and time.monotonic() - InFlight.last_seen >= quiet_s:
+                if InFlight.count == 0:
                     try:
-                        if front_in_flight(model) <= 0:
+                        if not front_workers_alive(own_service):
                             break
-                    except Exception:  # metrics unreadable: fall back to the quiet period alone
-                        log.exception("cannot read the front's in-flight count")
-                        break
+                    except Exception:  # cannot see the siblings: wait for a quiet second instead
+                        log.exception("cannot list the front workers")
+                        if time.monotonic() - InFlight.last_seen >= 1.0:
+                            break
                 time.sleep(0.05)
             log.info("drained in %.2f s; shutting down", time.monotonic() - begin)
             server_handler(sig, frame)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import Any, Awaitable, Callable, ClassVar
 
@@ -193,6 +194,9 @@ def inference_service(model: str, *, max_batch_size: int = 32, max_latency_ms: i
     """Build ``<Model>Inference``: the runtime behind one batchable ``infer`` API."""
     import bentoml
 
+    # Front -> inference over loopback TCP, not a Unix socket: on SIGTERM the arbiter deletes the
+    # socket file at once, and the front could no longer reach a still-draining inference worker.
+    os.environ.setdefault("BENTOML_NO_UDS", "1")
     settings = settings_for(model, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms)
 
     class Inference:
@@ -200,7 +204,7 @@ def inference_service(model: str, *, max_batch_size: int = 32, max_latency_ms: i
             self.bundle = open_bundle(settings.bundle_path())
             self.runtime = load_runtime(self.bundle, settings.runtime, settings.device, settings.ort_threads)
             self.spec = self.bundle.spec
-            defer_sigterm(model, deadline_s=settings.timeout_s + 5)
+            defer_sigterm(f"{model.capitalize()}Inference", deadline_s=settings.timeout_s + 15)
             metrics.MODEL_INFO.labels(
                 model, self.bundle.version, self.runtime.name, self.bundle.manifest.arch, self.runtime.device
             ).set(1)

@@ -1,0 +1,132 @@
+"""The protocol-neutral half of the Open Inference Protocol: health, metadata, infer.
+
+REST (rest.py) and gRPC (grpc_server.py) decode their requests into :class:`Tensor` objects, call
+:class:`OipCore`, and encode what it returns; every error is an :class:`OipError` with the HTTP
+status it maps to (gRPC maps that status to a code).
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib import metadata as importlib_metadata
+
+from services import metrics
+from services.model import RoostError, RoostModel
+from services.oip.adapters import Adapter, TensorSpec, adapter_for
+from services.oip.codec import Tensor, TensorError
+
+log = logging.getLogger("roost.oip")
+
+SERVER_NAME = "roost"
+EXTENSIONS = ["binary_tensor_data"]  # REST binary tensors (Inference-Header-Content-Length)
+PLATFORMS = {"onnx": "onnxruntime_onnx", "fastai": "fastai_pytorch"}
+
+
+def server_version() -> str:
+    try:
+        return importlib_metadata.version("roost")
+    except importlib_metadata.PackageNotFoundError:
+        return "0.1.0"
+
+
+class OipError(Exception):
+    """An OIP error answer: HTTP status (400, 404, 429, 503, ...) and message."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.retry_after = retry_after
+
+    def to_json(self) -> dict:
+        return {"error": self.message}
+
+
+class OipCore:
+    """One served model (a Roost service serves one), seen through the protocol."""
+
+    def __init__(self, model: RoostModel, adapter: Adapter | None = None):
+        self.model = model
+        self.adapter = adapter or adapter_for(model)
+        self._inputs = self.adapter.inputs()
+        self._outputs = self.adapter.outputs()
+
+    # -- health and metadata -------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return bool(self.model.ready)
+
+    def server_metadata(self) -> dict:
+        return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
+
+    def resolve(self, name: str, version: str | None = None) -> RoostModel:
+        """The model called ``name`` (at ``version``, if given), or OipError 404."""
+        if name != self.model.name:
+            raise OipError(404, f"unknown model '{name}'; this server serves '{self.model.name}'")
+        if version and version != self.model.version:
+            raise OipError(
+                404, f"model '{name}' has no version '{version}'; it serves version '{self.model.version}'"
+            )
+        return self.model
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        return self.resolve(name, version).ready
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict:
+        model = self.resolve(name, version)
+        return {
+            "name": model.name,
+            "versions": [model.version],
+            "platform": PLATFORMS.get(model.settings.runtime, model.settings.runtime),
+            "inputs": [t.to_json() for t in self._inputs],
+            "outputs": [t.to_json() for t in self._outputs],
+        }
+
+    @property
+    def input_specs(self) -> list[TensorSpec]:
+        return list(self._inputs)
+
+    @property
+    def output_specs(self) -> list[TensorSpec]:
+        return list(self._outputs)
+
+    # -- infer -------------------------------------------------------------------------------
+    def count_client_error(self, protocol: str) -> None:
+        """Count a request refused before it reached the model (which counts the rest)."""
+        metrics.REQUESTS.labels(self.model.name, protocol, "client_error").inc()
+
+    async def infer(
+        self,
+        name: str,
+        version: str | None,
+        inputs: list[Tensor],
+        requested: list[str] | None,
+        protocol: str,
+    ) -> list[Tensor]:
+        """Run one request; returns the requested outputs (all, if none named), in order."""
+        model = self.resolve(name, version)
+        if not model.ready:
+            raise OipError(503, f"model '{name}' is not ready yet", retry_after=1)
+        try:
+            tensors: dict[str, Tensor] = {}
+            for tensor in inputs:
+                if tensor.name in tensors:
+                    raise TensorError(f"input '{tensor.name}' is given twice")
+                tensors[tensor.name] = tensor
+            known = [t.name for t in self._outputs]
+            for out in requested or []:
+                if out not in known:
+                    raise TensorError(f"unknown output {out!r}; model '{name}' gives {known}")
+            if requested is not None and len(set(requested)) != len(requested):
+                raise TensorError("an output is requested twice")
+            # Validation failures above and in the adapter happen before the model counts the request.
+            outputs = await self.adapter.run(tensors, protocol)
+        except TensorError as exc:
+            self.count_client_error(protocol)
+            raise OipError(400, str(exc)) from None
+        except RoostError as exc:  # already counted by the model
+            # The protocol answers every bad request with 400 (the typed API may say 422).
+            status = 400 if exc.status in (400, 422) else exc.status
+            raise OipError(status, exc.message, exc.retry_after) from None
+        names = requested or known
+        return [outputs[n] for n in names]
