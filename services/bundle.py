@@ -87,6 +87,8 @@ class CollabSpec(_Spec):
     items: list[str]
     y_range: tuple[float, float]
     rating_name: str = "rating"
+    # seen[u]: item indices user index u rated in the training ratings file (never recommended).
+    seen: list[list[int]] = []
 
 
 PreprocessSpec = Annotated[

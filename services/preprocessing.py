@@ -103,3 +103,130 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     z = logits - logits.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=axis, keepdims=True)
+
+
+# --- tabular (ADULT) and collaborative filtering -------------------------------------------------
+# numpy only; tests/services/test_tabular.py and test_collab.py tie them to fastai on real rows.
+
+from services.bundle import CollabSpec, TabularSpec  # noqa: E402
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+class TabularEncoder:
+    """fastai's TabularPandas procs for one TabularSpec, as `learn.dls.test_dl` applies them:
+
+    - FillMissing: a missing continuous value becomes the training median and sets `<col>_na`
+      (a categorical column: '#na#', 'False', 'True'); a continuous column that had no missing
+      value in training has no median, and fastai refuses such rows (an assertion) - so do we (422).
+    - Categorify: each categorical value is looked up in the training classes; missing, empty and
+      unknown values become index 0 ('#na#'). Leading spaces are stripped first, as
+      `TabularDataLoaders.from_csv` (pandas `skipinitialspace=True`) strips them from adult.csv.
+    - Normalize: (x - mean) / std with fastai's training means and stds (std has +1e-7 already).
+
+    Output: float32 [N, n_cat + n_cont], categorical indices first (exact in float32), in the
+    model's column order; `services.model.model_feeds` splits it into x_cat (int64) and x_cont.
+    """
+
+    def __init__(self, spec: TabularSpec):
+        self.spec = spec
+        self.cat_names = list(spec.cat_names)
+        self.cont_names = list(spec.cont_names)
+        self.index = {name: {v: i for i, v in enumerate(classes) if i > 0} for name, classes in spec.categories.items()}
+        # `<col>_na` columns are FillMissing's, computed from the continuous column `col`
+        self.indicators = {f"{c}_na": c for c in spec.fill_values if f"{c}_na" in spec.cat_names}
+        self.fill = {c: np.float32(v) for c, v in spec.fill_values.items()}
+        self.means = np.array([spec.means[c] for c in self.cont_names], dtype=np.float64)
+        self.stds = np.array([spec.stds[c] for c in self.cont_names], dtype=np.float64)
+        self.width = len(self.cat_names) + len(self.cont_names)
+
+    @property
+    def input_names(self) -> list[str]:
+        """Raw columns a request may carry (the `_na` columns are derived, never sent)."""
+        return [c for c in self.cat_names if c not in self.indicators] + self.cont_names
+
+    @staticmethod
+    def category(value) -> str | None:
+        """A raw categorical value as the CSV reader would leave it; None for missing."""
+        if _is_missing(value):
+            return None
+        text = str(value).lstrip(" ")
+        return text or None  # an empty CSV field is NaN in pandas
+
+    def _field(self, name: str, row: int, n: int, where: str) -> str:
+        return name if n == 1 else f"{where}[{row}].{name}"
+
+    def rows(self, records, where: str = "rows") -> np.ndarray:
+        """records: mappings from column name (as in the CSV, e.g. 'education-num') to a raw value."""
+        n = len(records)
+        conts = np.empty((n, len(self.cont_names)), dtype=np.float32)
+        out = np.zeros((n, self.width), dtype=np.float32)
+        for r, record in enumerate(records):
+            missing: dict[str, bool] = {}
+            for j, name in enumerate(self.cont_names):
+                value = record.get(name)
+                if _is_missing(value):
+                    if name not in self.fill:
+                        raise InputError(
+                            self._field(name, r, n, where),
+                            "is required: the training data had no missing values in this column, so the model has no fill value for it",
+                            status=422,
+                        )
+                    conts[r, j] = self.fill[name]
+                    missing[name] = True
+                    continue
+                try:
+                    x = float(value)
+                except (TypeError, ValueError):
+                    raise InputError(self._field(name, r, n, where), f"must be a number, got {value!r}", status=422) from None
+                if x != x or x in (float("inf"), float("-inf")):
+                    raise InputError(self._field(name, r, n, where), "must be a finite number", status=422)
+                conts[r, j] = x  # fastai holds continuous columns as float32
+                missing[name] = False
+            for j, name in enumerate(self.cat_names):
+                if name in self.indicators:
+                    out[r, j] = self.index[name].get(str(missing[self.indicators[name]]), 0)
+                else:
+                    value = self.category(record.get(name))
+                    out[r, j] = 0 if value is None else self.index[name].get(value, 0)
+        normalized = (conts.astype(np.float64) - self.means) / self.stds
+        out[:, len(self.cat_names):] = normalized.astype(np.float32)
+        return out
+
+
+class CollabIndex:
+    """CollabDataLoaders' Categorify for users and items: id -> embedding index, 0 ('#na#') for an
+    id the model never saw, exactly as fastai maps it. Ids are matched by their text, so 73 and "73"
+    are the same user. Never feeds an index outside the embedding tables to the network."""
+
+    def __init__(self, spec: CollabSpec):
+        self.spec = spec
+        self.users = {u: i for i, u in enumerate(spec.users) if i > 0}
+        self.items = {m: i for i, m in enumerate(spec.items) if i > 0}
+        self.seen = [set(s) for s in spec.seen] if spec.seen else []
+        self.low, self.high = float(spec.y_range[0]), float(spec.y_range[1])
+
+    @staticmethod
+    def key(value) -> str:
+        return str(value)
+
+    def user(self, value) -> int:
+        return self.users.get(self.key(value), 0)
+
+    def item(self, value) -> int:
+        return self.items.get(self.key(value), 0)
+
+    def rows(self, pairs) -> np.ndarray:
+        """(user, item) pairs -> int64 [N, 2] embedding indices."""
+        out = np.zeros((len(pairs), 2), dtype=np.int64)
+        for r, (user, item) in enumerate(pairs):
+            out[r, 0] = self.user(user)
+            out[r, 1] = self.item(item)
+        return out
+
+    def unseen(self, user_index: int) -> np.ndarray:
+        """Item indices the user has not rated in the training ratings (candidates to recommend)."""
+        seen = self.seen[user_index] if user_index < len(self.seen) else set()
+        return np.array([i for i in range(1, len(self.spec.items)) if i not in seen], dtype=np.int64)

@@ -1,0 +1,190 @@
+"""Lesson 1's collaborative-filtering model (MovieLens sample) as a BentoML service.
+
+    bentoml serve services.collab:Collab      # or: make serve-collab
+
+POST /predict    JSON {"pairs": [{"user": 73, "movie": 1097}, ...]} -> [RatingPrediction, ...] (in y_range)
+POST /recommend  JSON {"user": 73, "n": 10}              -> Recommendations: the n best movies the
+                 user has not rated in the training ratings, best first, with predicted ratings
+
+Ids are those of ratings.csv (userId, movieId), matched by their text (73 and "73" are the same).
+
+Unknown ids (documented behaviour):
+- /predict answers every pair. A user or movie the model never saw is mapped to fastai's '#na#'
+  embedding, exactly as `learn.dls.test_dl` does, so the rating equals fastai's; the answer flags it
+  with `cold_start: true` and lists `unknown: ["user"]`, `["movie"]` or both. In effect the rating
+  is a popularity fallback: the known side's bias (the '#na#' row contributes almost nothing).
+- /recommend for an unknown user answers 404 `{"error": "user '<id>' is not known ...", "field": "user"}`.
+Nothing unknown ever reaches ONNX Runtime as an out-of-range index.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Union
+
+import bentoml
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+from services import metrics
+from services.model import RoostError, RoostModel, error_response, inference_service
+from services.oip import with_oip
+from services.preprocessing import CollabIndex, InputError
+
+MAX_PAIRS = 4096
+MAX_RECOMMEND = 1000
+
+Id = Union[StrictInt, Annotated[StrictStr, Field(min_length=1, max_length=64)]]
+
+
+class UserMovie(BaseModel):
+    """One (user, movie) pair to rate."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"example": {"user": 73, "movie": 1097}})
+
+    user: Id = Field(description="userId as in ratings.csv")
+    movie: Id = Field(description="movieId as in ratings.csv")
+
+
+class RatingPrediction(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    user: Id | None = Field(None, description="the request's user (None for pre-processed rows)")
+    movie: Id | None = Field(None, description="the request's movie (None for pre-processed rows)")
+    rating: float = Field(description="predicted rating, within the model's y_range (0.5 to 5.5)")
+    cold_start: bool = Field(False, description="the user or the movie is unknown: a fallback rating")
+    unknown: list[str] = Field(default_factory=list, description="which ids are unknown: 'user', 'movie'")
+    model_version: str
+
+
+class RecommendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: Id
+    n: int = Field(10, ge=1, le=MAX_RECOMMEND)
+
+
+class Recommendation(BaseModel):
+    movie: Id = Field(description="movieId as in ratings.csv")
+    rating: float
+
+
+def _id_out(text: str) -> int | str:
+    """An id from the spec (text) as the client wrote it in ratings.csv: an int where it is one."""
+    return int(text) if text.isdigit() and str(int(text)) == text else text
+
+
+class Recommendations(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    user: Id
+    recommendations: list[Recommendation] = Field(description="best first; at most n, fewer if the user has rated almost every movie")
+    model_version: str
+
+
+class CollabModel(RoostModel):
+    """Requests: a list of UserMovie pairs (the typed /predict, and every other protocol), or one
+    RecommendRequest (rates every unseen movie for the user, through the same batcher)."""
+
+    name = "collab"
+    spec_kind = "collab"
+
+    def load(self) -> "CollabModel":
+        super().load()
+        self.index = CollabIndex(self.spec)
+        return self
+
+    def _pairs(self, pairs: list) -> list[UserMovie]:
+        checked = []
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, UserMovie):  # dicts from another protocol: the same validation
+                try:
+                    pair = UserMovie.model_validate(pair)
+                except ValidationError as exc:
+                    err = exc.errors()[0]
+                    loc = ".".join(str(p) for p in err["loc"])
+                    raise InputError(f"pairs[{i}].{loc}" if loc else f"pairs[{i}]", err["msg"], status=422) from None
+            checked.append(pair)
+        return checked
+
+    def _known_user(self, request: RecommendRequest) -> int:
+        user = self.index.user(request.user)
+        if user == 0:
+            raise InputError("user", f"user {str(request.user)!r} is not known to the model (no ratings in its training data)", status=404)
+        return user
+
+    def preprocess(self, request) -> np.ndarray:
+        if isinstance(request, RecommendRequest):
+            user = self._known_user(request)
+            items = self.index.unseen(user)
+            if len(items) == 0:  # nothing left to recommend: one harmless row keeps the path uniform
+                items = np.array([0], dtype=np.int64)
+            return np.stack([np.full(len(items), user, dtype=np.int64), items], axis=1)
+        pairs = self._pairs(list(request))
+        if not pairs:
+            raise InputError("pairs", "is empty; send at least one {user, movie} pair", status=422)
+        return self.index.rows([(p.user, p.movie) for p in pairs])
+
+    def postprocess(self, ratings: np.ndarray, request):
+        ratings = np.asarray(ratings, dtype=np.float64).reshape(-1)
+        if isinstance(request, RecommendRequest):
+            user = self.index.user(request.user)
+            items = self.index.unseen(user)
+            order = np.argsort(-ratings[: len(items)], kind="stable")[: request.n]
+            metrics.PREDICTIONS.labels(self.name, "recommend").inc()
+            return Recommendations(
+                user=request.user,
+                recommendations=[Recommendation(movie=_id_out(self.spec.items[int(items[k])]), rating=float(ratings[k])) for k in order],
+                model_version=self.version,
+            )
+        results = []
+        for pair, rating in zip(request, ratings):
+            unknown = []
+            if isinstance(pair, (UserMovie, dict)):
+                user, movie = (pair.user, pair.movie) if isinstance(pair, UserMovie) else (pair.get("user"), pair.get("movie"))
+                unknown = [side for side, index in (("user", self.index.user(user)), ("movie", self.index.item(movie))) if index == 0]
+            else:  # pre-processed rows (e.g. OIP index tensors): no ids to echo
+                user = movie = None
+            metrics.PREDICTIONS.labels(self.name, "cold_start" if unknown else "rating").inc()
+            results.append(
+                RatingPrediction(
+                    user=user, movie=movie, rating=float(rating), cold_start=bool(unknown), unknown=unknown,
+                    model_version=self.version,
+                )
+            )
+        return results
+
+
+CollabInference = inference_service("collab", max_batch_size=1024, max_latency_ms=1000)
+
+
+@with_oip
+@bentoml.service(workers=1)
+class Collab:
+    inference = bentoml.depends(CollabInference)
+
+    def __init__(self) -> None:
+        self.model = CollabModel(infer=self._infer).load()
+
+    async def _infer(self, rows: np.ndarray) -> np.ndarray:
+        return await self.inference.to_async.infer(rows)
+
+    def __is_ready__(self) -> bool:
+        return self.model.ready
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self, pairs: list[UserMovie] = Field(min_length=1, max_length=MAX_PAIRS, description="(user, movie) pairs")
+    ) -> list[RatingPrediction]:
+        """Predict ratings for (user, movie) pairs."""
+        try:
+            return await self.model(pairs)
+        except RoostError as exc:
+            return error_response(exc)
+
+    @bentoml.api(route="/recommend")
+    async def recommend(self, user: Id, n: int = Field(10, ge=1, le=MAX_RECOMMEND)) -> Recommendations:
+        """The n movies with the highest predicted rating among those `user` has not rated."""
+        try:
+            return await self.model(RecommendRequest(user=user, n=n))
+        except RoostError as exc:
+            return error_response(exc)
