@@ -24,15 +24,15 @@ setup: .venv/.installed
 	$(PY) -m pip check
 	touch $@
 
-train-%: setup
+$(addprefix train-,$(MODELS)): train-%: setup
 	$(PY) -m training $* --out $(ARTIFACTS) $(if $(DATA),--data $(DATA)) $(TRAIN_ARGS)
 
 train-all: $(addprefix train-,$(MODELS))
 
-serve-%: setup
-	ROOST_ARTIFACTS=$(ARTIFACTS) ROOST_GRPC_PORT=$(GRPC_PORT) .venv/bin/bentoml serve services.$*:$(shell $(PY) -c "import sys; print(sys.argv[1].capitalize())" $*) --host 127.0.0.1 --port $(PORT)
+$(addprefix serve-,$(MODELS)): serve-%: setup
+	ROOST_ARTIFACTS=$(ARTIFACTS) ROOST_GRPC_PORT=$(GRPC_PORT) .venv/bin/bentoml serve services.$*:$(shell echo $* | sed "s/./\U&/") --host 127.0.0.1 --port $(PORT)
 
-bench-%: setup
+$(addprefix bench-,$(MODELS)): bench-%: setup
 	$(PY) -m tests.bench $* --artifacts $(ARTIFACTS)
 
 bench: $(addprefix bench-,$(MODELS))
@@ -43,7 +43,7 @@ tools:
 chart-check: setup tools
 	$(PY) -m pytest tests/charts -q -m "not slow"
 
-image-%: setup
+$(addprefix image-,$(MODELS)): image-%: setup
 	# Builds the bento (no container engine needed); containerize needs Docker/podman/buildah.
 	.venv/bin/bentoml build -f services/$*.bentofile.yaml .
 	@echo "then: bentoml containerize roost-$*:latest  (needs a container engine)"
