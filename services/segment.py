@@ -1,0 +1,228 @@
+"""Lesson 1's CamVid segmentation U-Net as a BentoML service.
+
+    bentoml serve services.segment:Segment      # or: make serve-segment
+
+POST /predict        multipart: file field `image`, optional field `format` (also `?format=`)
+POST /predict_batch  JSON {"images": [<base64 image>, ...], "format": "png" | "raw"}
+
+Every image is resized (squish, bilinear) to the training size in preprocess.json (96x128 for
+CamVid-tiny), as the model was trained at one size and requests batch together; the class-index
+mask is resized back to the request's own width x height (nearest neighbour) before anything is
+returned. The answer, per image:
+
+- `width`, `height`: the request's size, which is the mask's size
+- `classes`: the class names; a mask value `i` means `classes[i]`
+- `mask_png_base64`: the mask as a palette PNG; its pixel values are class indices (the palette only
+  makes it viewable)
+- `class_fractions`: share of the image's pixels per class (all classes; they sum to 1)
+- `mask` (only with `format=raw`): the same class indices as rows of ints
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from pathlib import Path
+from typing import Any
+
+import bentoml
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field, PrivateAttr, model_serializer
+
+from services import metrics
+from services.model import RoostError, RoostModel, error_response, inference_service
+from services.oip import with_oip
+from services.preprocessing import InputError, decode_base64, decode_image, mask_to_size, segmentation_tensor
+
+MAX_BATCH_ITEMS = 64
+FORMATS = ("png", "raw")
+
+
+class SegmentPrediction(BaseModel):
+    width: int = Field(ge=1, description="width of the request image and of the mask")
+    height: int = Field(ge=1, description="height of the request image and of the mask")
+    classes: list[str] = Field(description="class names; mask value i means classes[i]")
+    mask_png_base64: str = Field(description="base64 palette PNG, width x height; pixel values are class indices")
+    class_fractions: dict[str, float] = Field(description="share of pixels per class (sums to 1)")
+    model_version: str
+    mask: list[list[int]] | None = Field(
+        default=None, description="only with format=raw: class index per pixel, `height` rows of `width`"
+    )
+    _array: np.ndarray | None = PrivateAttr(default=None)
+
+    @model_serializer(mode="wrap")
+    def _omit_absent_mask(self, handler):
+        data = handler(self)
+        if data.get("mask") is None:
+            data.pop("mask", None)
+        return data
+
+    @property
+    def mask_array(self) -> np.ndarray:
+        """The class-index mask, uint8 [height, width] (for other protocols; never serialized)."""
+        return self._array
+
+    def with_raw_mask(self) -> "SegmentPrediction":
+        raw = self.model_copy(update={"mask": self._array.tolist()})
+        raw._array = self._array
+        return raw
+
+
+class Images(list):
+    """A request's images; preprocess notes each one's (width, height) so postprocess needn't decode again."""
+
+    sizes: list[tuple[int, int]] | None = None
+
+
+def palette(n: int = 256) -> list[int]:
+    """The PASCAL VOC colour map: distinct colours for small class indices, index 0 black."""
+    colours = []
+    for i in range(n):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        colours += [r, g, b]
+    return colours
+
+
+PALETTE = palette()
+
+
+def mask_png(mask: np.ndarray) -> bytes:
+    """uint8 class-index mask -> palette PNG whose pixel values are the indices."""
+    height, width = mask.shape
+    img = Image.frombytes("P", (width, height), np.ascontiguousarray(mask, dtype=np.uint8).tobytes())
+    img.putpalette(PALETTE)
+    buffer = io.BytesIO()
+    img.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()
+
+
+def decode_mask_png(data: bytes | str) -> np.ndarray:
+    """Inverse of mask_png (clients and tests): the class indices, uint8 [H, W]."""
+    if isinstance(data, str):
+        data = base64.b64decode(data)
+    img = Image.open(io.BytesIO(data))
+    if img.mode != "P":
+        raise ValueError(f"mask PNG has mode {img.mode}, expected P")
+    return np.asarray(img, dtype=np.uint8)
+
+
+def check_format(value: str | None) -> str:
+    value = (value or "png").strip().lower()
+    if value not in FORMATS:
+        raise RoostError(400, f"format: must be 'png' or 'raw', not {value!r}", field="format")
+    return value
+
+
+class SegmentModel(RoostModel):
+    name = "segment"
+    spec_kind = "segmentation"
+
+    async def __call__(self, request: Any, protocol: str = "http") -> list[SegmentPrediction]:
+        """`request`: a list of encoded images (bytes) or base64 strings -> one prediction each."""
+        if isinstance(request, (list, tuple)) and not isinstance(request, Images) and not hasattr(request, "sizes"):
+            request = Images(request)
+        return await super().__call__(request, protocol)
+
+    def preprocess(self, images: list[bytes | str]) -> np.ndarray:
+        """Images -> float32 [N, 3, H, W] at the training size (spec.height x spec.width)."""
+        if len(images) == 0:
+            raise InputError("images", "is empty; send at least one image")
+        rows, sizes = [], []
+        for i, item in enumerate(images):
+            field = "image" if len(images) == 1 and isinstance(item, bytes) else f"images[{i}]"
+            data = decode_base64(item, field) if isinstance(item, str) else item
+            img = decode_image(data, field)
+            sizes.append(img.size)
+            rows.append(segmentation_tensor(img, self.spec))
+        if isinstance(images, Images):
+            images.sizes = sizes
+        return np.stack(rows)
+
+    @staticmethod
+    def _sizes(images) -> list[tuple[int, int]]:
+        sizes = getattr(images, "sizes", None)
+        if sizes is not None:
+            return sizes
+        out = []  # preprocess ran on a plain list: read each size from its header (no decoding)
+        for item in images:
+            data = base64.b64decode(item.split(",", 1)[1] if item.startswith("data:") else item) if isinstance(item, str) else item
+            out.append(Image.open(io.BytesIO(data)).size)
+        return out
+
+    def postprocess(self, logits: np.ndarray, images) -> list[SegmentPrediction]:
+        codes = list(self.spec.codes)
+        masks = logits.argmax(axis=1).astype(np.uint8)  # [N, H, W] at the model's size
+        results = []
+        for mask, (width, height) in zip(masks, self._sizes(images)):
+            full = mask_to_size(mask, width, height)
+            counts = np.bincount(full.ravel(), minlength=len(codes))
+            fractions = counts / full.size
+            metrics.PREDICTIONS.labels(self.name, codes[int(counts.argmax())]).inc()  # label: the dominant class
+            prediction = SegmentPrediction(
+                width=width,
+                height=height,
+                classes=codes,
+                mask_png_base64=base64.b64encode(mask_png(full)).decode("ascii"),
+                class_fractions={code: float(f) for code, f in zip(codes, fractions)},
+                model_version=self.version,
+            )
+            prediction._array = full
+            results.append(prediction)
+        return results
+
+
+SegmentInference = inference_service("segment", max_batch_size=32, max_latency_ms=2000)
+
+
+@with_oip
+@bentoml.service(workers=1)
+class Segment:
+    inference = bentoml.depends(SegmentInference)
+
+    def __init__(self) -> None:
+        self.model = SegmentModel(infer=self._infer).load()
+
+    async def _infer(self, rows: np.ndarray) -> np.ndarray:
+        return await self.inference.to_async.infer(rows)
+
+    def __is_ready__(self) -> bool:
+        return self.model.ready
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self,
+        image: Path,
+        ctx: bentoml.Context,
+        format: str = Field("png", description="'png' (default): mask as PNG only; 'raw': also `mask` as rows of class indices"),
+    ) -> SegmentPrediction:
+        """Segment one uploaded image file (multipart form field `image`; `format` as a form field or query parameter)."""
+        try:
+            fmt = check_format(ctx.request.query_params.get("format") or format)
+            result = (await self.model([image.read_bytes()]))[0]
+            return result.with_raw_mask() if fmt == "raw" else result
+        except RoostError as exc:
+            # With a `ctx` parameter BentoML stamps ctx.response's status and headers on whatever we return.
+            ctx.response.status_code = exc.status
+            ctx.response.metadata.update(exc.headers())
+            return error_response(exc)
+
+    @bentoml.api(route="/predict_batch")
+    async def predict_batch(
+        self,
+        images: list[str] = Field(min_length=1, max_length=MAX_BATCH_ITEMS, description="base64-encoded image files"),
+        format: str = Field("png", description="'png' (default) or 'raw'"),
+    ) -> list[SegmentPrediction]:
+        """Segment several base64-encoded images in one request (they share the batch)."""
+        try:
+            fmt = check_format(format)
+            results = await self.model(images)
+            return [r.with_raw_mask() for r in results] if fmt == "raw" else results
+        except RoostError as exc:
+            return error_response(exc)

