@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from services.oip import with_oip
-from services.model import RoostError, RoostModel, error_response, inference_service
+from services.model import ModelService, RoostError, RoostModel, error_response, inference_service
 from services.preprocessing import decode_base64, decode_image, image_tensor, softmax
 from services import metrics
 
@@ -63,17 +63,10 @@ BirdInference = inference_service("bird", max_batch_size=32, max_latency_ms=1000
 
 @with_oip
 @bentoml.service(workers=1)
-class Bird:
+class Bird(ModelService):
+    model_class = BirdModel
     inference = bentoml.depends(BirdInference)
 
-    def __init__(self) -> None:
-        self.model = BirdModel(infer=self._infer).load()
-
-    async def _infer(self, rows: np.ndarray) -> np.ndarray:
-        return await self.inference.to_async.infer(rows)
-
-    def __is_ready__(self) -> bool:
-        return self.model.ready
 
     @bentoml.api(route="/predict")
     async def predict(self, image: Path) -> BirdPrediction:

@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from services import metrics
-from services.model import RoostError, RoostModel, error_response, inference_service
+from services.model import ModelService, RoostError, RoostModel, error_response, inference_service
 from services.oip import with_oip
 from services.preprocessing import CollabIndex, InputError
 
@@ -159,17 +159,10 @@ CollabInference = inference_service("collab", max_batch_size=1024, max_latency_m
 
 @with_oip
 @bentoml.service(workers=1)
-class Collab:
+class Collab(ModelService):
+    model_class = CollabModel
     inference = bentoml.depends(CollabInference)
 
-    def __init__(self) -> None:
-        self.model = CollabModel(infer=self._infer).load()
-
-    async def _infer(self, rows: np.ndarray) -> np.ndarray:
-        return await self.inference.to_async.infer(rows)
-
-    def __is_ready__(self) -> bool:
-        return self.model.ready
 
     @bentoml.api(route="/predict")
     async def predict(

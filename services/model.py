@@ -170,6 +170,26 @@ class RoostModel:
             metrics.REQUESTS.labels(self.name, protocol, outcome).inc()
 
 
+class ModelService:
+    """Base of each model's front BentoML service: its RoostModel, wired to ``<Name>Inference``.
+
+    A subclass sets ``model_class`` and ``inference = bentoml.depends(<Name>Inference)`` and writes
+    its typed APIs; ``__is_ready__`` makes /readyz reflect whether the model is loaded.
+    """
+
+    model_class: ClassVar[type[RoostModel]]
+    inference: Any
+
+    def __init__(self) -> None:
+        self.model = self.model_class(infer=self._infer).load()
+
+    async def _infer(self, rows: np.ndarray) -> np.ndarray:
+        return await self.inference.to_async.infer(rows)
+
+    def __is_ready__(self) -> bool:
+        return self.model.ready
+
+
 def error_response(exc: RoostError):
     from starlette.responses import JSONResponse
 

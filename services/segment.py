@@ -31,7 +31,7 @@ from PIL import Image
 from pydantic import BaseModel, Field, PrivateAttr, model_serializer
 
 from services import metrics
-from services.model import RoostError, RoostModel, error_response, inference_service
+from services.model import ModelService, RoostError, RoostModel, error_response, inference_service
 from services.oip import with_oip
 from services.preprocessing import InputError, decode_base64, decode_image, mask_to_size, segmentation_tensor
 
@@ -183,17 +183,10 @@ SegmentInference = inference_service("segment", max_batch_size=32, max_latency_m
 
 @with_oip
 @bentoml.service(workers=1)
-class Segment:
+class Segment(ModelService):
+    model_class = SegmentModel
     inference = bentoml.depends(SegmentInference)
 
-    def __init__(self) -> None:
-        self.model = SegmentModel(infer=self._infer).load()
-
-    async def _infer(self, rows: np.ndarray) -> np.ndarray:
-        return await self.inference.to_async.infer(rows)
-
-    def __is_ready__(self) -> bool:
-        return self.model.ready
 
     @bentoml.api(route="/predict")
     async def predict(

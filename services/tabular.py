@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services import metrics
-from services.model import RoostError, RoostModel, error_response, inference_service
+from services.model import ModelService, RoostError, RoostModel, error_response, inference_service
 from services.oip import with_oip
 from services.preprocessing import InputError, TabularEncoder, softmax
 
@@ -125,17 +125,10 @@ TabularInference = inference_service("tabular", max_batch_size=256, max_latency_
 
 @with_oip
 @bentoml.service(workers=1)
-class Tabular:
+class Tabular(ModelService):
+    model_class = TabularModel
     inference = bentoml.depends(TabularInference)
 
-    def __init__(self) -> None:
-        self.model = TabularModel(infer=self._infer).load()
-
-    async def _infer(self, rows: np.ndarray) -> np.ndarray:
-        return await self.inference.to_async.infer(rows)
-
-    def __is_ready__(self) -> bool:
-        return self.model.ready
 
     @bentoml.api(route="/predict")
     async def predict(self, row: AdultRow) -> SalaryPrediction:

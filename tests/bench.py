@@ -64,9 +64,13 @@ REQUESTS = {"bird": _bird_requests, "segment": _segment_requests, "tabular": _ta
 def runtime_latency(bundle_path: Path, batch: int, repeats: int = 20) -> float:
     bundle = open_bundle(bundle_path)
     rt = OnnxRuntime(bundle)
+    spec = bundle.spec
+    fixed = {"height": getattr(spec, "height", 32), "width": getattr(spec, "width", 32)}
     feeds = {}
     for info in bundle.manifest.onnx_inputs:
-        shape = [batch if isinstance(d, str) and d == "batch" else (d if isinstance(d, int) else 32) for d in info.shape]
+        # dynamic axes: the batch, and for the U-Net height/width (served at the training size)
+        shape = [batch if d == "batch" else d if isinstance(d, int) else fixed["height"] if i == 2 else fixed["width"]
+                 for i, d in enumerate(info.shape)]
         if info.dtype.startswith("int"):
             feeds[info.name] = np.ones(shape, dtype=np.int64)
         else:
