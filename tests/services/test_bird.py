@@ -166,3 +166,27 @@ def test_a_full_queue_answers_429_with_retry_after(bird_bundle, tmp_path):
         assert 'roost_rejected_total{model="bird",reason="queue_full"}' in srv.metrics()
     finally:
         srv.stop()
+
+
+def test_sustained_concurrent_load_answers_every_request(server):
+    """Past BentoML's client session refresh (every 100 calls), which used to cut off requests in flight."""
+    photos = sorted((SHARED / "bird_or_forest" / "forest").iterdir())[:20]
+    total, clients = 240, 12
+
+    async def load():
+        queue = list(range(total))
+        codes = []
+
+        async def worker(client):
+            while queue:
+                i = queue.pop()
+                p = photos[i % len(photos)]
+                r = await client.post(f"{server.url}/predict", files={"image": (p.name, p.read_bytes())})
+                codes.append(r.status_code)
+
+        async with httpx.AsyncClient(timeout=120) as client:
+            await asyncio.gather(*[worker(client) for _ in range(clients)])
+        return codes
+
+    codes = asyncio.run(load())
+    assert len(codes) == total and set(codes) == {200}, {c: codes.count(c) for c in set(codes)}
