@@ -15,7 +15,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from services.oip import with_oip
-from services.model import ModelService, RoostError, RoostModel, error_response, inference_service
+from services.model import error_response, inference_service, ModelService, roost_service, RoostError, RoostModel
 from services.preprocessing import decode_base64, decode_image, image_tensor, softmax
 from services import metrics
 
@@ -62,7 +62,7 @@ BirdInference = inference_service("bird", max_batch_size=32, max_latency_ms=1000
 
 
 @with_oip
-@bentoml.service(workers=1)
+@roost_service
 class Bird(ModelService):
     model_class = BirdModel
     inference = bentoml.depends(BirdInference)

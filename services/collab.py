@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from services import metrics
-from services.model import ModelService, RoostError, RoostModel, error_response, inference_service
+from services.model import error_response, inference_service, ModelService, roost_service, RoostError, RoostModel
 from services.oip import with_oip
 from services.preprocessing import CollabIndex, InputError
 
@@ -158,7 +158,7 @@ CollabInference = inference_service("collab", max_batch_size=1024, max_latency_m
 
 
 @with_oip
-@bentoml.service(workers=1)
+@roost_service
 class Collab(ModelService):
     model_class = CollabModel
     inference = bentoml.depends(CollabInference)

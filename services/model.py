@@ -171,6 +171,21 @@ class RoostModel:
             metrics.REQUESTS.labels(self.name, protocol, outcome).inc()
 
 
+def roost_service(cls=None, **config):
+    """``bentoml.service`` for a model's front service, with Roost's HTTP conventions (422 for
+    invalid fields). One worker: it owns the in-process gRPC server and the in-flight count."""
+    import bentoml
+
+    from services.validation import ValidationErrorsAs422
+
+    def decorate(inner):
+        service = bentoml.service(workers=1, **config)(inner)
+        service.add_asgi_middleware(ValidationErrorsAs422)
+        return service
+
+    return decorate(cls) if cls is not None else decorate
+
+
 def keep_one_session(dependency) -> None:
     """BentoML 1.4's service client replaces its aiohttp session every 100 requests or 300 s and
     closes the old one at once, cutting off the requests still in flight on it ("Server

@@ -31,7 +31,7 @@ from PIL import Image
 from pydantic import BaseModel, Field, PrivateAttr, model_serializer
 
 from services import metrics
-from services.model import ModelService, RoostError, RoostModel, error_response, inference_service
+from services.model import error_response, inference_service, ModelService, roost_service, RoostError, RoostModel
 from services.oip import with_oip
 from services.preprocessing import InputError, decode_base64, decode_image, mask_to_size, segmentation_tensor
 
@@ -182,7 +182,7 @@ SegmentInference = inference_service("segment", max_batch_size=32, max_latency_m
 
 
 @with_oip
-@bentoml.service(workers=1)
+@roost_service
 class Segment(ModelService):
     model_class = SegmentModel
     inference = bentoml.depends(SegmentInference)

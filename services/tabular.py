@@ -24,7 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services import metrics
-from services.model import ModelService, RoostError, RoostModel, error_response, inference_service
+from services.model import error_response, inference_service, ModelService, roost_service, RoostError, RoostModel
 from services.oip import with_oip
 from services.preprocessing import InputError, TabularEncoder, softmax
 
@@ -124,7 +124,7 @@ TabularInference = inference_service("tabular", max_batch_size=256, max_latency_
 
 
 @with_oip
-@bentoml.service(workers=1)
+@roost_service
 class Tabular(ModelService):
     model_class = TabularModel
     inference = bentoml.depends(TabularInference)

@@ -147,11 +147,11 @@ def test_served_over_http_concurrently(server, model, pairs):
 
 
 @pytest.mark.parametrize("route, body, status, field", [
-    ("/predict", {"pairs": [{"user": 1.5, "movie": 1097}]}, 400, "user"),
-    ("/predict", {"pairs": [{"user": 73}]}, 400, "movie"),
-    ("/predict", {"pairs": [{"user": 73, "movie": 1097, "stars": 5}]}, 400, "stars"),
-    ("/predict", {"pairs": []}, 400, "pairs"),
-    ("/recommend", {"user": 73, "n": 0}, 400, "n"),
+    ("/predict", {"pairs": [{"user": 1.5, "movie": 1097}]}, 422, "user"),
+    ("/predict", {"pairs": [{"user": 73}]}, 422, "movie"),
+    ("/predict", {"pairs": [{"user": 73, "movie": 1097, "stars": 5}]}, 422, "stars"),
+    ("/predict", {"pairs": []}, 422, "pairs"),
+    ("/recommend", {"user": 73, "n": 0}, 422, "n"),
     ("/recommend", {"user": UNKNOWN_USER, "n": 3}, 404, "user"),
 ])
 def test_bad_requests_get_a_4xx_naming_the_field(server, route, body, status, field):

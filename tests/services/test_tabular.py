@@ -176,11 +176,11 @@ def test_served_over_http_concurrently_with_fastais_answers(server, model):
 
 
 @pytest.mark.parametrize("body, status, field", [
-    ({"row": {**TYPICAL, "age": -3}}, 400, "age"),
-    ({"row": {**TYPICAL, "age": "old"}}, 400, "age"),
-    ({"row": {**TYPICAL, "education-num": 99}}, 400, "education-num"),
-    ({"row": {**TYPICAL, "workclass": 3}}, 400, "workclass"),
-    ({"row": {**TYPICAL, "favourite-bird": "robin"}}, 400, "favourite-bird"),
+    ({"row": {**TYPICAL, "age": -3}}, 422, "age"),
+    ({"row": {**TYPICAL, "age": "old"}}, 422, "age"),
+    ({"row": {**TYPICAL, "education-num": 99}}, 422, "education-num"),
+    ({"row": {**TYPICAL, "workclass": 3}}, 422, "workclass"),
+    ({"row": {**TYPICAL, "favourite-bird": "robin"}}, 422, "favourite-bird"),
     ({"row": {**TYPICAL, "age": None}}, 422, "age"),
     ({"row": {"fnlwgt": 10}}, 422, "age"),
 ])
@@ -194,7 +194,7 @@ def test_bad_rows_get_a_4xx_naming_the_field(server, body, status, field):
 
 def test_batch_limits_and_batch_errors(server):
     r = httpx.post(f"{server.url}/predict_batch", json={"rows": []}, timeout=30)
-    assert r.status_code == 400 and r.json()["detail"][0]["loc"][0] == "rows"
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][0] == "rows"
     r = httpx.post(f"{server.url}/predict_batch", json={"rows": [TYPICAL, {"fnlwgt": 3}]}, timeout=30)
     assert r.status_code == 422 and r.json()["field"] == "rows[1].age"
     r = httpx.post(f"{server.url}/predict", content=b"not json", headers={"content-type": "application/json"}, timeout=30)
