@@ -9,7 +9,7 @@ from pathlib import Path
 
 from services.bundle import CollabSpec, DataSummary, sha256_file
 from training.common import TrainOptions, prepare
-from training.data import fastai_sample
+from training.data import lesson_sample
 from training.export import OnnxSignature, write_bundle
 from training.tabular import captured_df, decoded_valid, save_table
 
@@ -75,12 +75,7 @@ def pictures(learn):
 
 
 def collab_data(opts: TrainOptions):
-    """ratings.csv: --data DIR (holding ratings.csv), else fastai's untar_data(URLs.ML_SAMPLE)."""
-    from fastai.data.external import URLs
-
-    if opts.data is not None:
-        return Path(opts.data), f"folder {opts.data}"
-    source = fastai_sample(URLs.ML_SAMPLE, "movie_lens_sample", (opts.cache / "fastai").resolve())
+    source = lesson_sample(opts.data, "ML_SAMPLE", "movie_lens_sample", opts.cache)
     return source.path, source.source
 
 

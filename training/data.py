@@ -102,6 +102,15 @@ def fastai_sample(url: str, name: str, fastai_home: Path) -> DataSource:
     return DataSource(untar_data(url), f"untar_data({url}) (already at {target})")
 
 
+def lesson_sample(data: Path | None, url_name: str, name: str, cache: Path) -> DataSource:
+    """`--data DIR` when given, else fastai's `untar_data(URLs.<url_name>)` (offline: the shared copy)."""
+    if data is not None:
+        return DataSource(Path(data), f"folder {data}")
+    from fastai.data.external import URLs
+
+    return fastai_sample(getattr(URLs, url_name), name, (Path(cache) / "fastai").resolve())
+
+
 def tree_sha256(paths: list[Path], root: Path) -> str:
     """Hash over relative names and contents: the data's identity in the manifest."""
     digest = hashlib.sha256()

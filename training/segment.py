@@ -27,7 +27,7 @@ from pathlib import Path
 from services.bundle import DataSummary, SegmentationSpec
 from training.backbone import Backbone, choose_backbone
 from training.common import TrainOptions, normalize_stats, prepare, save_figure
-from training.data import DataSource, fastai_sample, tree_sha256
+from training.data import DataSource, lesson_sample, tree_sha256
 from training.export import OnnxSignature, write_bundle
 
 log = logging.getLogger("roost.train")
@@ -39,11 +39,7 @@ MAX_SIDE = 4096  # largest height/width the exported graph is traced for
 
 
 def camvid_data(data: Path | None, cache: Path) -> DataSource:
-    if data is not None:
-        return DataSource(Path(data), f"folder {data}")
-    from fastai.data.external import URLs
-
-    return fastai_sample(URLs.CAMVID_TINY, "camvid_tiny", (cache / "fastai").resolve())
+    return lesson_sample(data, "CAMVID_TINY", "camvid_tiny", cache)
 
 
 def timm_unet_encoder(backbone: Backbone):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from services.bundle import DataSummary, TabularSpec, sha256_file
 from training.common import TrainOptions, prepare, save_figure
-from training.data import fastai_sample
+from training.data import lesson_sample
 from training.export import OnnxSignature, write_bundle
 
 log = logging.getLogger("roost.train")
@@ -126,12 +126,7 @@ def pictures(learn):
 
 
 def tabular_data(opts: TrainOptions):
-    """adult.csv: --data DIR (holding adult.csv), else fastai's untar_data(URLs.ADULT_SAMPLE)."""
-    from fastai.data.external import URLs
-
-    if opts.data is not None:
-        return Path(opts.data), f"folder {opts.data}"
-    source = fastai_sample(URLs.ADULT_SAMPLE, "adult_sample", (opts.cache / "fastai").resolve())
+    source = lesson_sample(opts.data, "ADULT_SAMPLE", "adult_sample", opts.cache)
     return source.path, source.source
 
 
