@@ -2,7 +2,6 @@
 
 import logging
 
-import pytest
 
 from training.backbone import OFFLINE_ARCH, choose_backbone, efficientnet_lite0_weights
 
