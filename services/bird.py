@@ -16,8 +16,7 @@ from pydantic import BaseModel, Field
 
 from services.oip import with_oip
 from services.model import error_response, inference_service, ModelService, roost_service, RoostError, RoostModel
-from services.preprocessing import decode_base64, decode_image, image_tensor, softmax
-from services import metrics
+from services.preprocessing import decode_base64, decode_image, image_tensor
 
 MAX_BATCH_ITEMS = 64
 
@@ -42,20 +41,10 @@ class BirdModel(RoostModel):
         return np.stack(rows)
 
     def postprocess(self, logits: np.ndarray, images) -> list[BirdPrediction]:
-        vocab = self.spec.vocab
-        results = []
-        for probs in softmax(logits.astype(np.float64), axis=1):
-            best = int(probs.argmax())
-            metrics.PREDICTIONS.labels(self.name, vocab[best]).inc()
-            results.append(
-                BirdPrediction(
-                    label=vocab[best],
-                    probability=float(probs[best]),
-                    probabilities={label: float(p) for label, p in zip(vocab, probs)},
-                    model_version=self.version,
-                )
-            )
-        return results
+        return [
+            BirdPrediction(label=label, probability=p, probabilities=probs, model_version=self.version)
+            for label, p, probs in self.classify(logits, self.spec.vocab)
+        ]
 
 
 BirdInference = inference_service("bird", max_batch_size=32, max_latency_ms=1000)
@@ -66,7 +55,6 @@ BirdInference = inference_service("bird", max_batch_size=32, max_latency_ms=1000
 class Bird(ModelService):
     model_class = BirdModel
     inference = bentoml.depends(BirdInference)
-
 
     @bentoml.api(route="/predict")
     async def predict(self, image: Path) -> BirdPrediction:

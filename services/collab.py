@@ -163,7 +163,6 @@ class Collab(ModelService):
     model_class = CollabModel
     inference = bentoml.depends(CollabInference)
 
-
     @bentoml.api(route="/predict")
     async def predict(
         self, pairs: list[UserMovie] = Field(min_length=1, max_length=MAX_PAIRS, description="(user, movie) pairs")

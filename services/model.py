@@ -116,6 +116,17 @@ class RoostModel:
         """Model output rows for this request -> the typed response."""
         raise NotImplementedError
 
+    def classify(self, logits: np.ndarray, vocab: list[str]) -> list[tuple[str, float, dict[str, float]]]:
+        """Logit rows -> (label, its probability, every class's probability), counted by label."""
+        from services.preprocessing import softmax
+
+        results = []
+        for probs in softmax(np.asarray(logits, dtype=np.float64), axis=1):
+            best = int(probs.argmax())
+            metrics.PREDICTIONS.labels(self.name, vocab[best]).inc()
+            results.append((vocab[best], float(probs[best]), {label: float(p) for label, p in zip(vocab, probs)}))
+        return results
+
     # -- predict: the batched network, shared by every protocol --------------------------------
     async def predict(self, rows: np.ndarray) -> np.ndarray:
         if self._infer is None:

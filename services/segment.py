@@ -187,7 +187,6 @@ class Segment(ModelService):
     model_class = SegmentModel
     inference = bentoml.depends(SegmentInference)
 
-
     @bentoml.api(route="/predict")
     async def predict(
         self,

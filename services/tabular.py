@@ -23,10 +23,9 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services import metrics
 from services.model import error_response, inference_service, ModelService, roost_service, RoostError, RoostModel
 from services.oip import with_oip
-from services.preprocessing import InputError, TabularEncoder, softmax
+from services.preprocessing import InputError, TabularEncoder
 
 MAX_BATCH_ROWS = 1024
 
@@ -104,20 +103,10 @@ class TabularModel(RoostModel):
         return self.encoder.rows(records)
 
     def postprocess(self, logits: np.ndarray, rows) -> list[SalaryPrediction]:
-        vocab = self.spec.vocab
-        results = []
-        for probs in softmax(np.asarray(logits, dtype=np.float64), axis=1):
-            best = int(probs.argmax())
-            metrics.PREDICTIONS.labels(self.name, vocab[best]).inc()
-            results.append(
-                SalaryPrediction(
-                    salary=vocab[best],
-                    probability=float(probs[best]),
-                    probabilities={label: float(p) for label, p in zip(vocab, probs)},
-                    model_version=self.version,
-                )
-            )
-        return results
+        return [
+            SalaryPrediction(salary=label, probability=p, probabilities=probs, model_version=self.version)
+            for label, p, probs in self.classify(logits, self.spec.vocab)
+        ]
 
 
 TabularInference = inference_service("tabular", max_batch_size=256, max_latency_ms=1000)
@@ -128,7 +117,6 @@ TabularInference = inference_service("tabular", max_batch_size=256, max_latency_
 class Tabular(ModelService):
     model_class = TabularModel
     inference = bentoml.depends(TabularInference)
-
 
     @bentoml.api(route="/predict")
     async def predict(self, row: AdultRow) -> SalaryPrediction:
