@@ -118,6 +118,22 @@ def _elements(tensor: Tensor) -> list:
 # --- image classifier (bird) ---------------------------------------------------------------------
 
 
+def image_inputs(spec, image_doc: str) -> list[TensorSpec]:
+    """Image models take encoded files (`image`) or already-preprocessed pixels (`pixels`)."""
+    return [
+        TensorSpec("image", "BYTES", (-1,), doc=image_doc),
+        TensorSpec("pixels", "FP32", (-1, 3, spec.height, spec.width), doc="preprocessed: resized, /255, normalized, CHW"),
+    ]
+
+
+def image_or_pixels(adapter: "Adapter", tensors: dict[str, Tensor]) -> int:
+    """Check that exactly one of `image` / `pixels` came, with known names; returns the row count."""
+    adapter.check_names(tensors, set())
+    if len(tensors) != 1:
+        raise TensorError("send exactly one of the inputs 'image' (BYTES) or 'pixels' (FP32)")
+    return adapter.check_rows(tensors)
+
+
 class ImageAdapter(Adapter):
     """Inputs: ``image`` BYTES [N] (encoded files; base64 strings in JSON) or ``pixels`` FP32
     [N,3,H,W] (already resized and normalized). Outputs: ``label`` BYTES [N], ``probability`` FP32
@@ -126,11 +142,7 @@ class ImageAdapter(Adapter):
     kind = "image"
 
     def inputs(self) -> list[TensorSpec]:
-        s = self.spec
-        return [
-            TensorSpec("image", "BYTES", (-1,), doc="encoded image files (JPEG, PNG, ...), one per row; base64 strings in JSON"),
-            TensorSpec("pixels", "FP32", (-1, 3, s.height, s.width), doc="preprocessed: resized, /255, normalized, CHW"),
-        ]
+        return image_inputs(self.spec, "encoded image files (JPEG, PNG, ...), one per row; base64 strings in JSON")
 
     def outputs(self) -> list[TensorSpec]:
         n = len(self.spec.vocab)
@@ -141,11 +153,7 @@ class ImageAdapter(Adapter):
         ]
 
     async def call_model(self, tensors: dict[str, Tensor], protocol: str) -> list:
-        if len(tensors) != 1:
-            self.check_names(tensors, set())
-            raise TensorError("send exactly one of the inputs 'image' (BYTES) or 'pixels' (FP32)")
-        self.check_names(tensors, set())
-        self.check_rows(tensors)
+        image_or_pixels(self, tensors)
         if "image" in tensors:
             return await self.model(_elements(tensors["image"]), protocol=protocol)
         rows = self.check_pixels(tensors["pixels"])
@@ -263,11 +271,7 @@ class SegmentationAdapter(Adapter):
     kind = "segmentation"
 
     def inputs(self) -> list[TensorSpec]:
-        s = self.spec
-        return [
-            TensorSpec("image", "BYTES", (-1,), doc="encoded image files of one size, one per row; base64 strings in JSON"),
-            TensorSpec("pixels", "FP32", (-1, 3, s.height, s.width), doc="preprocessed: resized, /255, normalized, CHW"),
-        ]
+        return image_inputs(self.spec, "encoded image files of one size, one per row; base64 strings in JSON")
 
     def outputs(self) -> list[TensorSpec]:
         codes = list(self.spec.codes)
@@ -277,11 +281,7 @@ class SegmentationAdapter(Adapter):
         ]
 
     async def run(self, tensors: dict[str, Tensor], protocol: str) -> dict[str, Tensor]:
-        if len(tensors) != 1:
-            self.check_names(tensors, set())
-            raise TensorError("send exactly one of the inputs 'image' (BYTES) or 'pixels' (FP32)")
-        self.check_names(tensors, set())
-        n = self.check_rows(tensors)
+        n = image_or_pixels(self, tensors)
         if "image" in tensors:
             items = _elements(tensors["image"])
             sizes = {size for size in map(_image_size, items) if size is not None}
