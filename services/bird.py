@@ -8,17 +8,16 @@ POST /predict_batch  JSON {"images": [<base64 image>, ...]} -> [BirdPrediction, 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import bentoml
 import numpy as np
 from pydantic import BaseModel, Field
 
-from services.oip import with_oip
-from services.model import error_response, inference_service, ModelService, roost_service, RoostError, RoostModel
+from services.model import ModelService, roost_service, RoostModel
 from services.preprocessing import decode_base64, decode_image, image_tensor
+from services.registry import MODELS
+from services.upload import UploadedFile
 
-MAX_BATCH_ITEMS = 64
+MAX_BATCH_ITEMS = MODELS["bird"].max_request_rows
 
 
 class BirdPrediction(BaseModel):
@@ -47,29 +46,18 @@ class BirdModel(RoostModel):
         ]
 
 
-BirdInference = inference_service("bird", max_batch_size=32, max_latency_ms=1000)
-
-
-@with_oip
 @roost_service
 class Bird(ModelService):
     model_class = BirdModel
-    inference = bentoml.depends(BirdInference)
 
     @bentoml.api(route="/predict")
-    async def predict(self, image: Path) -> BirdPrediction:
+    async def predict(self, image: UploadedFile) -> BirdPrediction:
         """Classify one uploaded image file (multipart form field `image`)."""
-        try:
-            return (await self.model([image.read_bytes()]))[0]
-        except RoostError as exc:
-            return error_response(exc)
+        return (await self.model([image]))[0]
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(
         self, images: list[str] = Field(min_length=1, max_length=MAX_BATCH_ITEMS, description="base64-encoded image files")
     ) -> list[BirdPrediction]:
         """Classify several base64-encoded images in one request (they share the batch)."""
-        try:
-            return await self.model(images)
-        except RoostError as exc:
-            return error_response(exc)
+        return await self.model(images)

@@ -26,11 +26,12 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
 
 from services import metrics
-from services.model import error_response, inference_service, ModelService, roost_service, RoostError, RoostModel
-from services.oip import with_oip
+from services.errors import NotFound
+from services.model import ModelService, roost_service, RoostModel
 from services.preprocessing import CollabIndex, InputError
+from services.registry import MODELS
 
-MAX_PAIRS = 4096
+MAX_PAIRS = MODELS["collab"].max_request_rows
 MAX_RECOMMEND = 1000
 
 Id = Union[StrictInt, Annotated[StrictStr, Field(min_length=1, max_length=64)]]
@@ -87,6 +88,7 @@ class CollabModel(RoostModel):
 
     name = "collab"
     spec_kind = "collab"
+    stages_in_thread = False
 
     def load(self) -> "CollabModel":
         super().load()
@@ -109,7 +111,7 @@ class CollabModel(RoostModel):
     def _known_user(self, request: RecommendRequest) -> int:
         user = self.index.user(request.user)
         if user == 0:
-            raise InputError("user", f"user {str(request.user)!r} is not known to the model (no ratings in its training data)", status=404)
+            raise NotFound(f"user {str(request.user)!r} is not known to the model (no ratings in its training data)", field="user")
         return user
 
     def preprocess(self, request) -> np.ndarray:
@@ -154,29 +156,18 @@ class CollabModel(RoostModel):
         return results
 
 
-CollabInference = inference_service("collab", max_batch_size=1024, max_latency_ms=1000)
-
-
-@with_oip
 @roost_service
 class Collab(ModelService):
     model_class = CollabModel
-    inference = bentoml.depends(CollabInference)
 
     @bentoml.api(route="/predict")
     async def predict(
         self, pairs: list[UserMovie] = Field(min_length=1, max_length=MAX_PAIRS, description="(user, movie) pairs")
     ) -> list[RatingPrediction]:
         """Predict ratings for (user, movie) pairs."""
-        try:
-            return await self.model(pairs)
-        except RoostError as exc:
-            return error_response(exc)
+        return await self.model(pairs)
 
     @bentoml.api(route="/recommend")
     async def recommend(self, user: Id, n: int = Field(10, ge=1, le=MAX_RECOMMEND)) -> Recommendations:
         """The n movies with the highest predicted rating among those `user` has not rated."""
-        try:
-            return await self.model(RecommendRequest(user=user, n=n))
-        except RoostError as exc:
-            return error_response(exc)
+        return await self.model(RecommendRequest(user=user, n=n))

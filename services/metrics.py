@@ -1,8 +1,10 @@
 """Roost's Prometheus metrics, served on /metrics beside BentoML's own.
 
-BentoML runs every service process with PROMETHEUS_MULTIPROC_DIR set, so these plain
-prometheus_client objects are aggregated across the front and inference processes.
-Names here are a public interface: dashboards, alerts and the chart's HPA use them.
+BentoML runs every worker process with PROMETHEUS_MULTIPROC_DIR set, so these plain
+prometheus_client objects are aggregated across workers: counters and histograms add up, and
+every gauge says how (``livesum`` for amounts, ``livemax`` for the info gauge), so several
+workers never overwrite each other. Names here are a public interface: dashboards, alerts and
+the chart's HPA use them.
 """
 
 from __future__ import annotations
@@ -41,14 +43,33 @@ IN_FLIGHT = Gauge(
 )
 REJECTED = Counter(
     "roost_rejected_total",
-    "Requests shed before inference (overloaded batcher, concurrency limit, timeout).",
+    "Requests refused or dropped before inference, by reason (queue_full, timeout, shutting_down, "
+    "not_ready).",
     ["model", "reason"],
 )
 MODEL_INFO = Gauge(
     "roost_model_info",
     "The model this process serves (value 1).",
     ["model", "version", "runtime", "arch", "device"],
-    multiprocess_mode="liveall",
+    multiprocess_mode="livemax",
+)
+QUEUE_ROWS = Gauge(
+    "roost_queue_rows",
+    "Rows waiting in the model's batcher queue (summed over workers).",
+    ["model"],
+    multiprocess_mode="livesum",
+)
+QUEUE_SECONDS = Histogram(
+    "roost_queue_seconds",
+    "Time a request's rows waited in the batcher queue before their batch started.",
+    ["model"],
+    buckets=(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+BATCHES = Counter(
+    "roost_batches_total",
+    "Batches dispatched, by why: full (max_batch_size rows), idle (the model was free: ran at once), "
+    "latency (waited max_latency_ms for more rows).",
+    ["model", "reason"],
 )
 
 METRIC_NAMES = (
@@ -59,6 +80,9 @@ METRIC_NAMES = (
     "roost_requests_in_flight",
     "roost_rejected_total",
     "roost_model_info",
+    "roost_queue_rows",
+    "roost_queue_seconds",
+    "roost_batches_total",
 )
 
 

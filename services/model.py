@@ -1,63 +1,31 @@
-"""The shape every Roost model follows, and the two BentoML services built from it.
+"""The shape every Roost model follows, and the one BentoML service built around it.
 
-A lesson model is served by two BentoML services in one `bentoml serve`:
-
-- ``<Name>Inference`` (made by :func:`inference_service`): owns the runtime (onnxruntime, or the
-  fastai pickle) and one adaptive-batching API, ``infer``, over preprocessed arrays. Every
-  protocol reaches the network through it, so HTTP, OIP REST and OIP gRPC requests share batches,
-  limits and metrics.
-- ``<Name>`` (in services/<model>.py): the typed API. It holds a :class:`RoostModel` that follows
-  KServe's Model: ``load`` -> ``preprocess`` -> ``predict`` (awaits the batched ``infer``) ->
-  ``postprocess``, each stage timed into ``roost_stage_seconds``.
+A lesson model is one BentoML service, one process per worker (``ROOST_WORKERS``). Its
+:class:`RoostModel` follows KServe's Model: ``load`` (bundle -> runtime + batcher) ->
+``preprocess`` -> ``predict`` (rows through the in-process :class:`Batcher`) -> ``postprocess``,
+each stage timed into ``roost_stage_seconds``. The typed routes, OIP REST and OIP gRPC all call
+the same instance, so they share its batcher, limits and metrics; an image's tensor is made once
+from the request bytes and never serialized again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import os
-import sys
 import time
-from typing import Any, Awaitable, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from services import metrics
+from services.batcher import Batcher
 from services.bundle import Bundle, open_bundle
-from services.drain import InFlight, defer_sigterm
-from services.preprocessing import InputError
+from services.errors import RoostError, Unavailable, as_roost_error
 from services.runtime import load_runtime
 from services.settings import Settings, settings_for
 
 log = logging.getLogger("roost.model")
-
-Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
-
-
-class RoostError(Exception):
-    """An answer other than success, with the HTTP status it maps to."""
-
-    def __init__(self, status: int, message: str, retry_after: int | None = None, field: str | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
-        self.field = field
-
-    @property
-    def outcome(self) -> str:
-        if self.status in (429, 503, 504):
-            return "rejected"
-        return "client_error" if self.status < 500 else "error"
-
-    def to_json(self) -> dict:
-        body: dict[str, Any] = {"error": self.message}
-        if self.field:
-            body["field"] = self.field
-        return body
-
-    def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)} if self.retry_after else {}
 
 
 class Preprocessed:
@@ -74,38 +42,79 @@ class Preprocessed:
         self.request = [None] * len(rows) if request is None else request
 
 
+def model_feeds(spec, input_names: list[str], batch: np.ndarray) -> dict[str, np.ndarray]:
+    """One batched array -> the network's named inputs (tabular packs x_cat | x_cont in one array)."""
+    if spec.kind == "tabular":
+        n_cat = len(spec.cat_names)
+        return {
+            input_names[0]: np.ascontiguousarray(batch[:, :n_cat]).astype(np.int64),
+            input_names[1]: np.ascontiguousarray(batch[:, n_cat:]).astype(np.float32),
+        }
+    return {input_names[0]: batch}
+
+
 class RoostModel:
     """Base class: subclasses set ``name``/``spec_kind`` and write preprocess/postprocess."""
 
     name: ClassVar[str]
     spec_kind: ClassVar[str]
+    # Image decoding and mask encoding take milliseconds: off the event loop. A table row takes
+    # microseconds: a thread hop would cost more than the work.
+    stages_in_thread: ClassVar[bool] = True
 
-    def __init__(self, settings: Settings | None = None, infer: Infer | None = None):
+    def __init__(self, settings: Settings | None = None):
         self.settings = settings or settings_for(self.name)
-        self._infer = infer
         self.bundle: Bundle | None = None
+        self.batcher: Batcher | None = None
+        self.draining = False
         self.in_flight = 0
 
     # -- load --------------------------------------------------------------------------------
     def load(self) -> "RoostModel":
-        self.bundle = open_bundle(self.settings.bundle_path())
+        s = self.settings
+        self.bundle = open_bundle(s.bundle_path())
         if self.bundle.name != self.name or self.bundle.spec.kind != self.spec_kind:
             raise SystemExit(
                 f"{self.bundle.path} holds model '{self.bundle.name}' ({self.bundle.spec.kind}), "
                 f"not '{self.name}' ({self.spec_kind})"
             )
         self.spec = self.bundle.spec
+        self.attach(load_runtime(self.bundle, s.runtime, s.device, s.ort_threads))
         metrics.IN_FLIGHT.labels(self.name).set(0)  # exported from the start: autoscalers read it
-        log.info("loaded %s", self.bundle)
+        metrics.MODEL_INFO.labels(
+            self.name, self.bundle.version, self.runtime.name, self.bundle.manifest.arch, self.runtime.device
+        ).set(1)
+        log.info(
+            "serving %s with %s on %s (%d threads; batches of up to %d rows, queue %d rows, deadline %g s)",
+            self.bundle, self.runtime.name, self.runtime.device, s.ort_threads, s.max_batch_size,
+            s.max_queue_rows, s.timeout_s,
+        )
+        return self
+
+    def attach(self, runtime) -> "RoostModel":
+        """Serve through ``runtime`` (``run(feeds) -> [outputs]``, ``input_names``), behind a new batcher."""
+        s = self.settings
+        self.runtime = runtime
+        self.batcher = Batcher(
+            self.run_batch,
+            model=self.name,
+            max_batch_size=s.max_batch_size,
+            max_latency_ms=s.max_latency_ms,
+            max_queue_rows=s.max_queue_rows,
+        )
         return self
 
     @property
     def ready(self) -> bool:
-        return self.bundle is not None
+        return self.bundle is not None and not self.draining
 
     @property
     def version(self) -> str:
         return self.bundle.version if self.bundle else ""
+
+    def run_batch(self, rows: np.ndarray) -> np.ndarray:
+        """One batch through the runtime (called in a batcher thread)."""
+        return self.runtime.run(model_feeds(self.spec, self.runtime.input_names, rows))[0]
 
     # -- the stages a subclass writes ----------------------------------------------------------
     def preprocess(self, request: Any) -> np.ndarray:
@@ -127,107 +136,47 @@ class RoostModel:
             results.append((vocab[best], float(probs[best]), {label: float(p) for label, p in zip(vocab, probs)}))
         return results
 
-    # -- predict: the batched network, shared by every protocol --------------------------------
-    async def predict(self, rows: np.ndarray) -> np.ndarray:
-        if self._infer is None:
-            raise RuntimeError("no inference service attached")
-        try:
-            return await asyncio.wait_for(self._infer(rows), timeout=self.settings.timeout_s)
-        except asyncio.TimeoutError:
-            metrics.REJECTED.labels(self.name, "timeout").inc()
-            raise RoostError(504, f"inference took longer than {self.settings.timeout_s:g} s") from None
-        except RoostError:
-            raise
-        except Exception as exc:  # errors from the inference service, mapped to what a client can act on
-            status = getattr(getattr(exc, "error_code", None), "value", None) or getattr(exc, "status_code", None)
-            if status in (429, 503):
-                metrics.REJECTED.labels(self.name, "overloaded").inc()
-                raise RoostError(503, "the model is overloaded; retry shortly", retry_after=1) from None
-            if isinstance(exc, OSError):  # e.g. the inference worker is restarting or shutting down
-                metrics.REJECTED.labels(self.name, "unavailable").inc()
-                log.warning("inference service unreachable: %s", exc)
-                raise RoostError(503, "the model is unavailable (restarting or shutting down); retry shortly", retry_after=1) from None
-            log.exception("inference failed")
-            raise RoostError(500, "inference failed; see the server log") from None
+    # -- the request path, shared by every protocol -----------------------------------------------
+    async def _stage(self, stage: str, func, *args):
+        with metrics.timed(self.name, stage):
+            if self.stages_in_thread:
+                return await asyncio.to_thread(func, *args)
+            return func(*args)
 
     async def __call__(self, request: Any, protocol: str = "http") -> Any:
-        """The whole request path, counted once: limits, stages, metrics, errors."""
-        if self.in_flight >= self.settings.max_concurrency:
-            metrics.REJECTED.labels(self.name, "queue_full").inc()
-            metrics.REQUESTS.labels(self.name, protocol, "rejected").inc()
-            raise RoostError(429, f"more than {self.settings.max_concurrency} requests in flight; retry shortly", retry_after=1)
+        """The whole request path, counted once: deadline, stages, batcher, metrics."""
+        deadline = time.monotonic() + self.settings.timeout_s
+        outcome = "error"
         self.in_flight += 1
         metrics.IN_FLIGHT.labels(self.name).inc()
-        outcome = "error"
         try:
-            with metrics.timed(self.name, "preprocess"):
-                if isinstance(request, Preprocessed):
-                    rows, request = request.rows, request.request
-                else:
-                    try:
-                        rows = await asyncio.to_thread(self.preprocess, request)
-                    except InputError as exc:
-                        raise RoostError(exc.status, str(exc), field=exc.field) from None
-            outputs = await self.predict(rows)
-            with metrics.timed(self.name, "postprocess"):
-                result = self.postprocess(outputs, request)
+            if not self.ready:
+                metrics.REJECTED.labels(self.name, "not_ready").inc()
+                raise Unavailable("the server is shutting down; retry on another replica")
+            if isinstance(request, Preprocessed):
+                rows, request = request.rows, request.request
+            else:
+                rows = await self._stage("preprocess", self.preprocess, request)
+            outputs = await self.batcher.submit(rows, deadline)
+            result = await self._stage("postprocess", self.postprocess, outputs, request)
             outcome = "ok"
             return result
-        except RoostError as exc:
-            outcome = exc.outcome
-            raise
+        except Exception as exc:
+            error = as_roost_error(exc)
+            if error is not exc:
+                log.exception("%s request failed", self.name)
+            outcome = error.outcome
+            raise error from None
         finally:
             self.in_flight -= 1
             metrics.IN_FLIGHT.labels(self.name).dec()
             metrics.REQUESTS.labels(self.name, protocol, outcome).inc()
 
-
-def roost_service(cls=None, **config):
-    """``bentoml.service`` for a model's front service, with Roost's HTTP conventions (422 for
-    invalid fields). One worker: it owns the in-process gRPC server and the in-flight count."""
-    import bentoml
-
-    from services.validation import ValidationErrorsAs422
-
-    def decorate(inner):
-        service = bentoml.service(workers=1, **config)(inner)
-        service.add_asgi_middleware(ValidationErrorsAs422)
-        return service
-
-    return decorate(cls) if cls is not None else decorate
-
-
-def keep_one_session(dependency) -> None:
-    """BentoML 1.4's service client replaces its aiohttp session every 100 requests or 300 s and
-    closes the old one at once, cutting off the requests still in flight on it ("Server
-    disconnected": about 1 request in 12 failed under sustained load). Keep one session per process."""
-    manager = getattr(getattr(dependency, "to_async", None), "_session_manager", None)
-    if manager is None:
-        log.warning("cannot reach BentoML's client session manager; requests may be cut off every 100 calls")
-        return
-    manager.max_requests = sys.maxsize
-    manager.max_age = float("inf")
-
-
-class ModelService:
-    """Base of each model's front BentoML service: its RoostModel, wired to ``<Name>Inference``.
-
-    A subclass sets ``model_class`` and ``inference = bentoml.depends(<Name>Inference)`` and writes
-    its typed APIs; ``__is_ready__`` makes /readyz reflect whether the model is loaded.
-    """
-
-    model_class: ClassVar[type[RoostModel]]
-    inference: Any
-
-    def __init__(self) -> None:
-        self.model = self.model_class(infer=self._infer).load()
-        keep_one_session(self.inference)
-
-    async def _infer(self, rows: np.ndarray) -> np.ndarray:
-        return await self.inference.to_async.infer(rows)
-
-    def __is_ready__(self) -> bool:
-        return self.model.ready
+    async def drain(self, timeout: float) -> None:
+        """Stop taking requests (readiness goes false) and answer everything accepted."""
+        self.draining = True
+        if self.batcher is not None:
+            await self.batcher.close(timeout)
 
 
 def error_response(exc: RoostError):
@@ -236,60 +185,56 @@ def error_response(exc: RoostError):
     return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
 
 
-# --- the inference service ----------------------------------------------------------------------
+def _answer_errors(func):
+    """Typed routes: a RoostError becomes its JSON answer (the one place this happens for HTTP)."""
+
+    from bentoml import Context
+
+    @functools.wraps(func)
+    async def api(self, *args, **kwargs):
+        try:
+            return await func(self, *args, **kwargs)
+        except RoostError as exc:
+            for value in kwargs.values():  # with a Context parameter BentoML stamps ctx.response on the answer
+                if isinstance(value, Context):
+                    value.response.status_code = exc.status
+                    value.response.metadata.update(exc.headers())
+            return error_response(exc)
+
+    return api
 
 
-def model_feeds(spec, input_names: list[str], batch: np.ndarray) -> dict[str, np.ndarray]:
-    """One batched array -> the network's named inputs (tabular packs x_cat | x_cont in one array)."""
-    if spec.kind == "tabular":
-        n_cat = len(spec.cat_names)
-        return {
-            input_names[0]: np.ascontiguousarray(batch[:, :n_cat]).astype(np.int64),
-            input_names[1]: np.ascontiguousarray(batch[:, n_cat:]).astype(np.float32),
-        }
-    return {input_names[0]: batch}
-
-
-def inference_service(model: str, *, max_batch_size: int = 32, max_latency_ms: int = 1000):
-    """Build ``<Model>Inference``: the runtime behind one batchable ``infer`` API."""
+def roost_service(cls):
+    """``bentoml.service`` for a model's :class:`ModelService`, with Roost's conventions: worker
+    count and deadline from settings, errors answered once, 422 for invalid fields, pickle bodies
+    refused, and the Open Inference Protocol (REST under /v2, gRPC on ROOST_GRPC_PORT)."""
     import bentoml
 
-    # Front -> inference over loopback TCP, not a Unix socket: on SIGTERM the arbiter deletes the
-    # socket file at once, and the front could no longer reach a still-draining inference worker.
-    os.environ.setdefault("BENTOML_NO_UDS", "1")
-    settings = settings_for(model, max_batch_size=max_batch_size, max_latency_ms=max_latency_ms)
+    from services.listeners import private_arbiter_sockets
+    from services.oip import with_oip
+    from services.validation import RefusePickle, ValidationErrorsAs422
 
-    if settings.max_batch_size > 1:
-        batching_api = bentoml.api(batchable=True, max_batch_size=settings.max_batch_size, max_latency_ms=settings.max_latency_ms)
-    else:  # ROOST_MAX_BATCH_SIZE=1: adaptive batching off, each request's rows run on their own
-        batching_api = bentoml.api
+    private_arbiter_sockets()
+    settings = settings_for(cls.model_class.name)
+    service = bentoml.service(workers=settings.workers, traffic={"timeout": settings.timeout_s + 5})(cls)
+    for method in service.apis.values():
+        method.func = _answer_errors(method.func)
+    service.add_asgi_middleware(ValidationErrorsAs422)
+    service.add_asgi_middleware(RefusePickle)
+    return with_oip(service)
 
-    class Inference:
-        def __init__(self) -> None:
-            self.bundle = open_bundle(settings.bundle_path())
-            self.runtime = load_runtime(self.bundle, settings.runtime, settings.device, settings.ort_threads)
-            self.spec = self.bundle.spec
-            defer_sigterm(f"{model.capitalize()}Inference", deadline_s=settings.timeout_s + 15)
-            metrics.MODEL_INFO.labels(
-                model, self.bundle.version, self.runtime.name, self.bundle.manifest.arch, self.runtime.device
-            ).set(1)
 
-        def __is_ready__(self) -> bool:
-            return self.runtime is not None
+class ModelService:
+    """Base of each model's BentoML service: loads its RoostModel in the worker.
 
-        @batching_api
-        def infer(self, batch: np.ndarray) -> np.ndarray:
-            metrics.BATCH_SIZE.labels(model).observe(len(batch))
-            start = time.perf_counter()
-            try:
-                return self.runtime.run(model_feeds(self.spec, self.runtime.input_names, batch))[0]
-            finally:
-                metrics.STAGE_SECONDS.labels(model, "infer").observe(time.perf_counter() - start)
+    A subclass sets ``model_class`` and writes its typed APIs, each a call of ``self.model``;
+    ``__is_ready__`` makes /readyz reflect whether the model is loaded and not draining.
+    """
 
-    Inference.__name__ = Inference.__qualname__ = f"{model.capitalize()}Inference"
-    service = bentoml.service(
-        traffic={"timeout": settings.timeout_s, "max_concurrency": settings.max_concurrency},
-        workers=1,
-    )(Inference)
-    service.add_asgi_middleware(InFlight)
-    return service
+    model_class: ClassVar[type[RoostModel]]
+
+    def __init__(self) -> None:
+        self.model = self.model_class().load()
+
+    def __is_ready__(self) -> bool:
+        return self.model.ready

@@ -14,22 +14,15 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from services.bundle import ImageSpec, SegmentationSpec
+from services.errors import InvalidInput
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000
 
 
-class InputError(ValueError):
-    """A request field that cannot be turned into model input; becomes a 4xx naming the field."""
-
-    def __init__(self, field: str, message: str, status: int = 400):
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-        self.status = status
-
-    def to_json(self) -> dict:
-        return {"error": f"{self.field}: {self.message}", "field": self.field}
+# A request field that cannot be turned into model input: 400 by default (unreadable), 422 where a
+# field is invalid, 413 where it is too large; the answer names the field.
+InputError = InvalidInput
 
 
 # --- images -----------------------------------------------------------------------------------

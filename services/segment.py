@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import io
-from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -31,11 +30,12 @@ from PIL import Image
 from pydantic import BaseModel, Field, PrivateAttr, model_serializer
 
 from services import metrics
-from services.model import error_response, inference_service, ModelService, roost_service, RoostError, RoostModel
-from services.oip import with_oip
+from services.model import ModelService, roost_service, RoostModel
 from services.preprocessing import InputError, decode_base64, decode_image, mask_to_size, segmentation_tensor
+from services.registry import MODELS
+from services.upload import UploadedFile
 
-MAX_BATCH_ITEMS = 64
+MAX_BATCH_ITEMS = MODELS["segment"].max_request_rows
 FORMATS = ("png", "raw")
 
 
@@ -116,7 +116,7 @@ def decode_mask_png(data: bytes | str) -> np.ndarray:
 def check_format(value: str | None) -> str:
     value = (value or "png").strip().lower()
     if value not in FORMATS:
-        raise RoostError(400, f"format: must be 'png' or 'raw', not {value!r}", field="format")
+        raise InputError("format", f"must be 'png' or 'raw', not {value!r}", status=422)
     return value
 
 
@@ -178,32 +178,21 @@ class SegmentModel(RoostModel):
         return results
 
 
-SegmentInference = inference_service("segment", max_batch_size=32, max_latency_ms=2000)
-
-
-@with_oip
 @roost_service
 class Segment(ModelService):
     model_class = SegmentModel
-    inference = bentoml.depends(SegmentInference)
 
     @bentoml.api(route="/predict")
     async def predict(
         self,
-        image: Path,
+        image: UploadedFile,
         ctx: bentoml.Context,
         format: str = Field("png", description="'png' (default): mask as PNG only; 'raw': also `mask` as rows of class indices"),
     ) -> SegmentPrediction:
         """Segment one uploaded image file (multipart form field `image`; `format` as a form field or query parameter)."""
-        try:
-            fmt = check_format(ctx.request.query_params.get("format") or format)
-            result = (await self.model([image.read_bytes()]))[0]
-            return result.with_raw_mask() if fmt == "raw" else result
-        except RoostError as exc:
-            # With a `ctx` parameter BentoML stamps ctx.response's status and headers on whatever we return.
-            ctx.response.status_code = exc.status
-            ctx.response.metadata.update(exc.headers())
-            return error_response(exc)
+        fmt = check_format(ctx.request.query_params.get("format") or format)
+        result = (await self.model([image]))[0]
+        return result.with_raw_mask() if fmt == "raw" else result
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(
@@ -212,9 +201,6 @@ class Segment(ModelService):
         format: str = Field("png", description="'png' (default) or 'raw'"),
     ) -> list[SegmentPrediction]:
         """Segment several base64-encoded images in one request (they share the batch)."""
-        try:
-            fmt = check_format(format)
-            results = await self.model(images)
-            return [r.with_raw_mask() for r in results] if fmt == "raw" else results
-        except RoostError as exc:
-            return error_response(exc)
+        fmt = check_format(format)
+        results = await self.model(images)
+        return [r.with_raw_mask() for r in results] if fmt == "raw" else results

@@ -1,4 +1,8 @@
-"""Serving settings, read from the environment once per process (ROOST_* variables)."""
+"""Serving settings: every ROOST_* variable is read here, once per process, and checked at start.
+
+Defaults per model come from the registry (services/registry.py). A bad value stops the server
+with one line naming the variable.
+"""
 
 from __future__ import annotations
 
@@ -7,26 +11,66 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.bundle import find_latest
+from services.registry import facts_for
 
 
-def _int(name: str, default: int) -> int:
+def _raw(name: str) -> str | None:
     raw = os.environ.get(name)
-    if raw in (None, ""):
+    return None if raw is None or raw.strip() == "" else raw.strip()
+
+
+def _int(name: str, default: int, minimum: int = 0) -> int:
+    raw = _raw(name)
+    if raw is None:
         return default
     try:
-        return int(raw)
+        value = int(raw)
     except ValueError:
         raise SystemExit(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SystemExit(f"{name}={value} must be at least {minimum}")
+    return value
 
 
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw in (None, ""):
+def _float(name: str, default: float, minimum: float = 0.0) -> float:
+    raw = _raw(name)
+    if raw is None:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
         raise SystemExit(f"{name}={raw!r} is not a number") from None
+    if not value >= minimum:
+        raise SystemExit(f"{name}={raw} must be at least {minimum:g}")
+    return value
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = (_raw(name) or default).lower()
+    if value not in choices:
+        raise SystemExit(f"{name}={value!r}: expected one of {', '.join(choices)}")
+    return value
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def http_host() -> str | None:
+    """The address the HTTP server was told to bind (`bentoml serve --host`), as this worker sees
+    it: BentoML's arbiter binds the socket and hands workers its file descriptor (`--fd N`)."""
+    import socket
+    import sys
+
+    argv = sys.argv
+    if "--fd" not in argv or argv.index("--fd") + 1 >= len(argv):
+        return None
+    try:
+        fd = int(argv[argv.index("--fd") + 1])
+        with socket.socket(fileno=os.dup(fd)) as sock:
+            return sock.getsockname()[0]
+    except (ValueError, OSError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -36,36 +80,42 @@ class Settings:
     artifacts: Path  # else the newest bundle under artifacts/<model>/
     runtime: str  # "onnx" (default) or "fastai"
     device: str  # "auto", "cpu" or "cuda"
+    workers: int  # worker processes, each with its own runtime session and batcher
     max_batch_size: int
-    max_latency_ms: int
-    max_concurrency: int  # requests in flight per service before 429
-    timeout_s: float
-    ort_threads: int  # 0: let onnxruntime decide
+    max_latency_ms: float
+    max_queue_rows: int  # rows waiting per worker before 429
+    timeout_s: float  # a request's deadline
+    ort_threads: int  # onnxruntime intra-op threads per worker
     grpc_port: int  # 0: no gRPC server
+    grpc_host: str
+    grpc_grace_s: float
+    max_body_bytes: int  # OIP REST body and gRPC message limit
 
     def bundle_path(self) -> Path:
         return self.bundle if self.bundle else find_latest(self.artifacts, self.model)
 
 
-def settings_for(model: str, *, max_batch_size: int = 32, max_latency_ms: int = 1000) -> Settings:
-    upper = model.upper()
-    bundle = os.environ.get(f"ROOST_BUNDLE_{upper}") or os.environ.get("ROOST_BUNDLE")
-    runtime = os.environ.get("ROOST_RUNTIME", "onnx").strip().lower()
-    if runtime not in ("onnx", "fastai"):
-        raise SystemExit(f"ROOST_RUNTIME={runtime!r}: expected 'onnx' or 'fastai'")
-    device = os.environ.get("ROOST_DEVICE", "auto").strip().lower()
-    if device not in ("auto", "cpu", "cuda"):
-        raise SystemExit(f"ROOST_DEVICE={device!r}: expected 'auto', 'cpu' or 'cuda'")
+def settings_for(model: str) -> Settings:
+    facts = facts_for(model)
+    bundle = _raw(f"ROOST_BUNDLE_{model.upper()}") or _raw("ROOST_BUNDLE")
+    device = _choice("ROOST_DEVICE", "auto", ("auto", "cpu", "cuda"))
+    # Measured (docs/benchmarks.md): on CPU one worker whose onnxruntime uses every core serves
+    # images at least as fast as several single-threaded workers, at a fraction of the memory.
+    workers = _int("ROOST_WORKERS", 1, minimum=1)
     return Settings(
         model=model,
         bundle=Path(bundle) if bundle else None,
-        artifacts=Path(os.environ.get("ROOST_ARTIFACTS", "artifacts")),
-        runtime=runtime,
+        artifacts=Path(_raw("ROOST_ARTIFACTS") or "artifacts"),
+        runtime=_choice("ROOST_RUNTIME", "onnx", ("onnx", "fastai")),
         device=device,
-        max_batch_size=_int("ROOST_MAX_BATCH_SIZE", max_batch_size),
-        max_latency_ms=_int("ROOST_MAX_LATENCY_MS", max_latency_ms),
-        max_concurrency=_int("ROOST_MAX_CONCURRENCY", 256),
-        timeout_s=_float("ROOST_TIMEOUT_S", 30.0),
-        ort_threads=_int("ROOST_ORT_THREADS", 0),
+        workers=workers,
+        max_batch_size=_int("ROOST_MAX_BATCH_SIZE", facts.max_batch_size, minimum=1),
+        max_latency_ms=_float("ROOST_MAX_LATENCY_MS", facts.max_latency_ms),
+        max_queue_rows=_int("ROOST_MAX_QUEUE", facts.max_queue_rows, minimum=1),
+        timeout_s=_float("ROOST_TIMEOUT_S", facts.timeout_s, minimum=0.001),
+        ort_threads=_int("ROOST_ORT_THREADS", 0) or max(1, cores() // workers),
         grpc_port=_int("ROOST_GRPC_PORT", 0),
+        grpc_host=_raw("ROOST_GRPC_HOST") or http_host() or "127.0.0.1",
+        grpc_grace_s=_float("ROOST_GRPC_GRACE_S", 10.0),
+        max_body_bytes=int(_float("ROOST_OIP_MAX_BODY_MB", 256, minimum=0.001) * (1 << 20)),
     )

@@ -23,11 +23,11 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from services.model import error_response, inference_service, ModelService, roost_service, RoostError, RoostModel
-from services.oip import with_oip
+from services.model import ModelService, roost_service, RoostModel
 from services.preprocessing import InputError, TabularEncoder
+from services.registry import MODELS
 
-MAX_BATCH_ROWS = 1024
+MAX_BATCH_ROWS = MODELS["tabular"].max_request_rows
 
 Category = Annotated[str, Field(max_length=100)]
 
@@ -82,6 +82,7 @@ def _validation_field(exc: ValidationError, index: int | None) -> tuple[str, str
 class TabularModel(RoostModel):
     name = "tabular"
     spec_kind = "tabular"
+    stages_in_thread = False
 
     def load(self) -> "TabularModel":
         super().load()
@@ -109,29 +110,18 @@ class TabularModel(RoostModel):
         ]
 
 
-TabularInference = inference_service("tabular", max_batch_size=256, max_latency_ms=1000)
-
-
-@with_oip
 @roost_service
 class Tabular(ModelService):
     model_class = TabularModel
-    inference = bentoml.depends(TabularInference)
 
     @bentoml.api(route="/predict")
     async def predict(self, row: AdultRow) -> SalaryPrediction:
         """Predict the salary class of one person."""
-        try:
-            return (await self.model([row]))[0]
-        except RoostError as exc:
-            return error_response(exc)
+        return (await self.model([row]))[0]
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(
         self, rows: list[AdultRow] = Field(min_length=1, max_length=MAX_BATCH_ROWS, description="rows of adult.csv")
     ) -> list[SalaryPrediction]:
         """Predict several rows in one request (they share the batch)."""
-        try:
-            return await self.model(rows)
-        except RoostError as exc:
-            return error_response(exc)
+        return await self.model(rows)

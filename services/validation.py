@@ -53,3 +53,25 @@ class ValidationErrorsAs422:
             await send(message)
 
         return await self.app(scope, receive, send_or_hold)
+
+
+class RefusePickle:
+    """ASGI middleware: a pickle body is refused before anything reads it, on every route.
+
+    BentoML can decode ``application/vnd.bentoml+pickle`` request bodies (its service-to-service
+    format); nothing in Roost takes pickles from a network, and unpickling runs code.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            content_type = dict(scope.get("headers") or []).get(b"content-type", b"").decode("latin-1").lower()
+            if "pickle" in content_type:
+                body = json.dumps({"error": f"Content-Type {content_type.split(';')[0]!r} is not accepted; send JSON or multipart/form-data"}).encode()
+                await send({"type": "http.response.start", "status": 415,
+                            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+                await send({"type": "http.response.body", "body": body})
+                return
+        return await self.app(scope, receive, send)

@@ -1,27 +1,23 @@
 """Open Inference Protocol v2 (KServe v2 / Triton) over REST and gRPC for every Roost model.
 
-Apply ``@with_oip`` to a model's front BentoML service (above or below ``@bentoml.service``)::
-
-    @with_oip
-    @bentoml.service(workers=1)
-    class Bird:
-        def __init__(self): self.model = BirdModel(infer=self._infer).load()
-
+``roost_service`` (services/model.py) applies :func:`with_oip` to each model's BentoML service.
 It mounts the REST routes (``/v2/...``) into the same server, and, when ``ROOST_GRPC_PORT`` is set
-(non-zero), runs ``inference.GRPCInferenceService`` on that port in the same worker, started after
-the service instance exists and stopped before it goes (accepted RPCs get ``ROOST_GRPC_GRACE_S``,
-default 10 s, to finish). Both reach the instance's ``model`` (a RoostModel): the same object, so
-the same batcher, limits and metrics as the typed API. See docs/oip.md for the tensors.
+(non-zero), runs ``inference.GRPCInferenceService`` on that port in the same worker (several
+workers share the port), bound to ``ROOST_GRPC_HOST`` (default: the HTTP server's own address).
+Both reach the instance's ``model`` (a RoostModel): the same object, so the same batcher, limits
+and metrics as the typed API. See docs/oip.md for the tensors.
 
-Environment: ROOST_GRPC_PORT (0/unset: no gRPC), ROOST_GRPC_HOST (default 0.0.0.0),
-ROOST_GRPC_GRACE_S (10), ROOST_OIP_MAX_BODY_MB (256: REST body and gRPC message limit).
+The lifespan also owns graceful shutdown for the worker: on SIGTERM the model stops taking
+requests (readiness false, new requests 503) while everything accepted is answered; then gRPC
+stops (accepted RPCs get ``ROOST_GRPC_GRACE_S``) and the batcher drains.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
+import signal
+import threading
 
 log = logging.getLogger("roost.oip")
 
@@ -29,7 +25,7 @@ __all__ = ["with_oip", "find_model"]
 
 
 def find_model(instance):
-    """The RoostModel a front service instance holds (``self.model``, else the only one)."""
+    """The RoostModel a service instance holds (``self.model``, else the only one)."""
     from services.model import RoostModel
 
     model = getattr(instance, "model", None)
@@ -41,20 +37,31 @@ def find_model(instance):
     return found[0]
 
 
-def _workers(service) -> int:
-    config = getattr(service, "config", None) or getattr(service, "__bentoml_service_config__", None) or {}
-    workers = config.get("workers", 1) if isinstance(config, dict) else 1
-    return workers if isinstance(workers, int) else 1
+def stop_taking_requests_on_sigterm(model) -> None:
+    """Wrap the server's SIGTERM handler (uvicorn's): first mark the model draining, so readiness
+    goes false and requests arriving on open connections get 503, then let uvicorn stop
+    listening and finish what it accepted."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    server_handler = signal.getsignal(signal.SIGTERM)
+
+    def drain_then_stop(sig, frame):
+        if not model.draining:
+            log.info("SIGTERM: %s stops taking requests and answers the %d in flight", model.name, model.in_flight)
+        model.draining = True
+        if callable(server_handler):
+            server_handler(sig, frame)
+
+    signal.signal(signal.SIGTERM, drain_then_stop)
 
 
 def with_oip(service):
     """Serve the Open Inference Protocol (REST under /v2, gRPC on ROOST_GRPC_PORT) for this service."""
     import bentoml
 
-    from services.oip.rest import MAX_BODY_BYTES, create_app
+    from services.oip.rest import create_app
 
     state: dict = {"core": None}
-    reuse_port = _workers(service) > 1  # several workers share one gRPC port (SO_REUSEPORT)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -63,24 +70,28 @@ def with_oip(service):
         from services.oip.core import OipCore
         from services.oip.grpc_server import GrpcServer
 
-        core = OipCore(find_model(bentoml.get_current_service()))
+        model = find_model(bentoml.get_current_service())
+        core = OipCore(model)
         state["core"] = core
+        settings = model.settings
+        stop_taking_requests_on_sigterm(model)
         server = None
-        port = core.model.settings.grpc_port
-        if port:
+        if settings.grpc_port:
             server = GrpcServer(
                 core,
-                port,
-                host=os.environ.get("ROOST_GRPC_HOST", "0.0.0.0"),
-                max_message_bytes=MAX_BODY_BYTES,
-                reuse_port=reuse_port,
+                settings.grpc_port,
+                host=settings.grpc_host,
+                max_message_bytes=settings.max_body_bytes,
+                reuse_port=settings.workers > 1,
             )
             await server.start()
         try:
             yield
         finally:
+            model.draining = True
             if server is not None:
-                await server.stop(float(os.environ.get("ROOST_GRPC_GRACE_S", "10")))
+                await server.stop(settings.grpc_grace_s)
+            await model.drain(settings.timeout_s)
             state["core"] = None
 
     app = create_app(lambda: state["core"], lifespan=lifespan)

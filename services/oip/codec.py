@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from services.errors import InvalidInput
+
 # OIP datatype -> numpy dtype (explicitly little-endian, as the raw encodings are).
 NUMPY_DTYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
@@ -55,8 +57,11 @@ FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
 MAX_ELEMENTS = 1 << 28  # refuse absurd shapes before allocating anything
 
 
-class TensorError(ValueError):
+class TensorError(InvalidInput):
     """A tensor that cannot be decoded or does not fit what the model accepts (-> 400)."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(None, message, status=status)
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """The protocol-neutral half of the Open Inference Protocol: health, metadata, infer.
 
 REST (rest.py) and gRPC (grpc_server.py) decode their requests into :class:`Tensor` objects, call
-:class:`OipCore`, and encode what it returns; every error is an :class:`OipError` with the HTTP
-status it maps to (gRPC maps that status to a code).
+:class:`OipCore`, and encode what it returns; every error is a RoostError (services/errors.py),
+which each transport answers in one place (:func:`oip_status` gives the protocol's HTTP status).
 """
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import logging
 from importlib import metadata as importlib_metadata
 
 from services import metrics
-from services.model import RoostError, RoostModel
+from services.errors import InvalidInput, NotFound, RoostError, Unavailable
+from services.model import RoostModel
 from services.oip.adapters import Adapter, TensorSpec, adapter_for
 from services.oip.codec import Tensor, TensorError
 
@@ -29,17 +30,9 @@ def server_version() -> str:
         return "0.1.0"
 
 
-class OipError(Exception):
-    """An OIP error answer: HTTP status (400, 404, 429, 503, ...) and message."""
-
-    def __init__(self, status: int, message: str, retry_after: int | None = None):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.retry_after = retry_after
-
-    def to_json(self) -> dict:
-        return {"error": self.message}
+def oip_status(exc: RoostError) -> int:
+    """The protocol answers every bad request with 400 (the typed API may say 422)."""
+    return 400 if isinstance(exc, InvalidInput) and exc.status == 422 else exc.status
 
 
 class OipCore:
@@ -60,13 +53,11 @@ class OipCore:
         return {"name": SERVER_NAME, "version": server_version(), "extensions": list(EXTENSIONS)}
 
     def resolve(self, name: str, version: str | None = None) -> RoostModel:
-        """The model called ``name`` (at ``version``, if given), or OipError 404."""
+        """The model called ``name`` (at ``version``, if given), or NotFound."""
         if name != self.model.name:
-            raise OipError(404, f"unknown model '{name}'; this server serves '{self.model.name}'")
+            raise NotFound(f"unknown model '{name}'; this server serves '{self.model.name}'")
         if version and version != self.model.version:
-            raise OipError(
-                404, f"model '{name}' has no version '{version}'; it serves version '{self.model.version}'"
-            )
+            raise NotFound(f"model '{name}' has no version '{version}'; it serves version '{self.model.version}'")
         return self.model
 
     def model_ready(self, name: str, version: str | None = None) -> bool:
@@ -106,7 +97,7 @@ class OipCore:
         """Run one request; returns the requested outputs (all, if none named), in order."""
         model = self.resolve(name, version)
         if not model.ready:
-            raise OipError(503, f"model '{name}' is not ready yet", retry_after=1)
+            raise Unavailable(f"model '{name}' is not ready (starting or shutting down)")
         try:
             tensors: dict[str, Tensor] = {}
             for tensor in inputs:
@@ -121,12 +112,8 @@ class OipCore:
                 raise TensorError("an output is requested twice")
             # Validation failures above and in the adapter happen before the model counts the request.
             outputs = await self.adapter.run(tensors, protocol)
-        except TensorError as exc:
+        except TensorError:  # refused before the model saw it (the model counts the rest)
             self.count_client_error(protocol)
-            raise OipError(400, str(exc)) from None
-        except RoostError as exc:  # already counted by the model
-            # The protocol answers every bad request with 400 (the typed API may say 422).
-            status = 400 if exc.status in (400, 422) else exc.status
-            raise OipError(status, exc.message, exc.retry_after) from None
+            raise
         names = requested or known
         return [outputs[n] for n in names]

@@ -13,31 +13,15 @@ import logging
 
 import grpc
 
+from services.errors import RoostError
 from services.oip.codec import Tensor, TensorError, fill_contents, from_contents, from_raw, to_raw
-from services.oip.core import OipCore, OipError
+from services.oip.core import OipCore
 from services.oip.proto import grpc_predict_v2_pb2 as pb
 
 log = logging.getLogger("roost.oip.grpc")
 
 SERVICE = "inference.GRPCInferenceService"
 PROTOCOL = "oip_grpc"
-
-STATUS_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    404: grpc.StatusCode.NOT_FOUND,
-    413: grpc.StatusCode.INVALID_ARGUMENT,
-    422: grpc.StatusCode.INVALID_ARGUMENT,
-    429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
-def status_code(http_status: int) -> grpc.StatusCode:
-    if http_status in STATUS_CODES:
-        return STATUS_CODES[http_status]
-    return grpc.StatusCode.INVALID_ARGUMENT if http_status < 500 else grpc.StatusCode.INTERNAL
-
 
 def decode_inputs(request: pb.ModelInferRequest) -> tuple[list[Tensor], bool]:
     """Request -> (input tensors, whether the request used raw contents)."""
@@ -59,8 +43,9 @@ class Servicer:
     def __init__(self, core: OipCore):
         self.core = core
 
-    async def _abort(self, context, exc: OipError):
-        await context.abort(status_code(exc.status), exc.message)
+    async def _abort(self, context, exc: RoostError):
+        """The one place a gRPC error becomes an answer: the error's own code."""
+        await context.abort(exc.grpc_code, exc.message)
 
     async def ServerLive(self, request, context):
         return pb.ServerLiveResponse(live=True)
@@ -71,7 +56,7 @@ class Servicer:
     async def ModelReady(self, request, context):
         try:
             return pb.ModelReadyResponse(ready=self.core.model_ready(request.name, request.version or None))
-        except OipError as exc:
+        except RoostError as exc:
             await self._abort(context, exc)
 
     async def ServerMetadata(self, request, context):
@@ -80,7 +65,7 @@ class Servicer:
     async def ModelMetadata(self, request, context):
         try:
             meta = self.core.model_metadata(request.name, request.version or None)
-        except OipError as exc:
+        except RoostError as exc:
             await self._abort(context, exc)
         tensor = pb.ModelMetadataResponse.TensorMetadata
         return pb.ModelMetadataResponse(
@@ -97,12 +82,12 @@ class Servicer:
             core.resolve(request.model_name, request.model_version or None)
             try:
                 inputs, raw = decode_inputs(request)
-            except TensorError as exc:
+            except TensorError:
                 core.count_client_error(PROTOCOL)
-                raise OipError(400, str(exc)) from None
+                raise
             requested = [o.name for o in request.outputs] or None
             outputs = await core.infer(request.model_name, request.model_version or None, inputs, requested, PROTOCOL)
-        except OipError as exc:
+        except RoostError as exc:
             await self._abort(context, exc)
         except Exception:  # a bug, not the client's fault: log it, answer INTERNAL (not UNKNOWN)
             log.exception("ModelInfer failed")
@@ -144,7 +129,7 @@ def generic_handler(servicer: Servicer) -> grpc.GenericRpcHandler:
 class GrpcServer:
     """Start/stop one grpc.aio server for a core, on the running event loop."""
 
-    def __init__(self, core: OipCore, port: int, host: str = "0.0.0.0", max_message_bytes: int = 256 << 20, reuse_port: bool = False):
+    def __init__(self, core: OipCore, port: int, host: str = "127.0.0.1", max_message_bytes: int = 256 << 20, reuse_port: bool = False):
         self.core = core
         self.address = f"{host}:{port}"
         self.options = [

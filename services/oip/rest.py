@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import zlib
 from typing import Any, Callable
 
@@ -21,35 +20,35 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from services.errors import InvalidInput, RoostError, Unavailable
 from services.oip.codec import Tensor, TensorError, from_list, from_raw, to_list, to_raw
-from services.oip.core import OipCore, OipError
+from services.oip.core import OipCore, oip_status
 
 log = logging.getLogger("roost.oip.rest")
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-MAX_BODY_BYTES = int(float(os.environ.get("ROOST_OIP_MAX_BODY_MB", "256")) * (1 << 20))
 PROTOCOL = "oip_rest"
 
 
-def error(exc: OipError) -> JSONResponse:
-    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
-    return JSONResponse(exc.to_json(), status_code=exc.status, headers=headers)
+def error(exc: RoostError) -> JSONResponse:
+    """The one place a REST OIP error becomes an answer."""
+    return JSONResponse(exc.to_json(), status_code=oip_status(exc), headers=exc.headers() or None)
 
 
-def _decompress(body: bytes, encoding: str) -> bytes:
+def _decompress(body: bytes, encoding: str, max_bytes: int) -> bytes:
     encoding = encoding.strip().lower()
     if encoding in ("", "identity"):
         return body
     if encoding not in ("gzip", "deflate"):
-        raise OipError(400, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
+        raise InvalidInput(None, f"Content-Encoding {encoding!r} is not supported (gzip, deflate)")
     wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
     inflater = zlib.decompressobj(wbits)
     try:
-        out = inflater.decompress(body, MAX_BODY_BYTES + 1)
+        out = inflater.decompress(body, max_bytes + 1)
     except zlib.error as exc:
-        raise OipError(400, f"request body is not valid {encoding} data ({exc})") from None
-    if len(out) > MAX_BODY_BYTES or inflater.unconsumed_tail:
-        raise OipError(413, f"request body inflates past {MAX_BODY_BYTES} bytes")
+        raise InvalidInput(None, f"request body is not valid {encoding} data ({exc})") from None
+    if len(out) > max_bytes or inflater.unconsumed_tail:
+        raise InvalidInput(None, f"request body inflates past {max_bytes} bytes", status=413)
     return out
 
 
@@ -63,46 +62,43 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, l
         try:
             json_size = int(header_length)
         except ValueError:
-            raise OipError(400, f"{HEADER_LENGTH} is not an integer: {header_length!r}") from None
+            raise TensorError(f"{HEADER_LENGTH} is not an integer: {header_length!r}") from None
         if not 0 < json_size <= len(body):
-            raise OipError(400, f"{HEADER_LENGTH}={json_size} does not fit a {len(body)}-byte body")
+            raise TensorError(f"{HEADER_LENGTH}={json_size} does not fit a {len(body)}-byte body")
         head, binary = body[:json_size], memoryview(body)[json_size:]
     else:
         head, binary = body, memoryview(b"")
     try:
         request = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise OipError(400, f"request is not valid JSON ({exc})") from None
+        raise TensorError(f"request is not valid JSON ({exc})") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
-        raise OipError(400, "request must be a JSON object with an 'inputs' list")
+        raise TensorError("request must be a JSON object with an 'inputs' list")
     inputs: list[Tensor] = []
     offset = 0
-    try:
-        for i, spec in enumerate(request["inputs"]):
-            if not isinstance(spec, dict):
-                raise TensorError(f"inputs[{i}] must be an object")
-            name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
-            if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list):
-                raise TensorError(f"inputs[{i}] needs 'name' (string), 'datatype' (string) and 'shape' (list)")
-            params = spec.get("parameters") or {}
-            if _param(params, "shared_memory_region") is not None:
-                raise TensorError(f"input '{name}': shared memory is not supported")
-            size = _param(params, "binary_data_size")
-            if size is not None:
-                if "data" in spec:
-                    raise TensorError(f"input '{name}': give either 'data' or binary_data_size, not both")
-                if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
-                    raise TensorError(f"input '{name}': binary_data_size {size!r} does not fit the binary data")
-                inputs.append(from_raw(name, datatype, shape, binary[offset : offset + size]))
-                offset += size
-            else:
-                if "data" not in spec:
-                    raise TensorError(f"input '{name}': no 'data' and no binary_data_size")
-                inputs.append(from_list(name, datatype, shape, spec["data"]))
-    except TensorError as exc:
-        raise OipError(400, str(exc)) from None
+    for i, spec in enumerate(request["inputs"]):
+        if not isinstance(spec, dict):
+            raise TensorError(f"inputs[{i}] must be an object")
+        name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
+        if not isinstance(name, str) or not isinstance(datatype, str) or not isinstance(shape, list):
+            raise TensorError(f"inputs[{i}] needs 'name' (string), 'datatype' (string) and 'shape' (list)")
+        params = spec.get("parameters") or {}
+        if _param(params, "shared_memory_region") is not None:
+            raise TensorError(f"input '{name}': shared memory is not supported")
+        size = _param(params, "binary_data_size")
+        if size is not None:
+            if "data" in spec:
+                raise TensorError(f"input '{name}': give either 'data' or binary_data_size, not both")
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise TensorError(f"input '{name}': binary_data_size {size!r} does not fit the binary data")
+            inputs.append(from_raw(name, datatype, shape, binary[offset : offset + size]))
+            offset += size
+        else:
+            if "data" not in spec:
+                raise TensorError(f"input '{name}': no 'data' and no binary_data_size")
+            inputs.append(from_list(name, datatype, shape, spec["data"]))
     if offset != len(binary):
-        raise OipError(400, f"{len(binary) - offset} bytes of binary data belong to no input")
+        raise TensorError(f"{len(binary) - offset} bytes of binary data belong to no input")
 
     default_binary = bool(_param(request.get("parameters"), "binary_data_output", False))
     outputs = request.get("outputs")
@@ -110,7 +106,7 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, l
     requested: list[str] | None = None
     if outputs is not None:
         if not isinstance(outputs, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs):
-            raise OipError(400, "'outputs' must be a list of objects with a 'name'")
+            raise TensorError("'outputs' must be a list of objects with a 'name'")
         requested = [o["name"] for o in outputs]
         for o in outputs:
             binary_flags[o["name"]] = bool(_param(o.get("parameters"), "binary_data", default_binary))
@@ -150,13 +146,13 @@ def create_app(get_core: Callable[[], OipCore | None], lifespan=None) -> Starlet
     def core_or_503() -> OipCore:
         core = get_core()
         if core is None:
-            raise OipError(503, "the server is starting", retry_after=1)
+            raise Unavailable("the server is starting")
         return core
 
     async def server_metadata(request: Request) -> Response:
         try:
             return JSONResponse(core_or_503().server_metadata())
-        except OipError as exc:
+        except RoostError as exc:
             return error(exc)
 
     async def live(request: Request) -> Response:
@@ -171,14 +167,14 @@ def create_app(get_core: Callable[[], OipCore | None], lifespan=None) -> Starlet
         p = request.path_params
         try:
             return JSONResponse(core_or_503().model_metadata(p["name"], p.get("version")))
-        except OipError as exc:
+        except RoostError as exc:
             return error(exc)
 
     async def model_ready(request: Request) -> Response:
         p = request.path_params
         try:
             is_ready = core_or_503().model_ready(p["name"], p.get("version"))
-        except OipError as exc:
+        except RoostError as exc:
             return error(exc)
         return JSONResponse({"name": p["name"], "ready": is_ready}, status_code=200 if is_ready else 503)
 
@@ -187,21 +183,22 @@ def create_app(get_core: Callable[[], OipCore | None], lifespan=None) -> Starlet
         try:
             core = core_or_503()
             core.resolve(p["name"], p.get("version"))  # 404 before reading a body
+            limit = core.model.settings.max_body_bytes
             declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-                raise OipError(413, f"request body is {declared} bytes; the limit is {MAX_BODY_BYTES}")
+            if declared and declared.isdigit() and int(declared) > limit:
+                raise InvalidInput(None, f"request body is {declared} bytes; the limit is {limit}", status=413)
             body = await request.body()
-            if len(body) > MAX_BODY_BYTES:
-                raise OipError(413, f"request body is {len(body)} bytes; the limit is {MAX_BODY_BYTES}")
-            body = _decompress(body, request.headers.get("content-encoding", ""))
+            if len(body) > limit:
+                raise InvalidInput(None, f"request body is {len(body)} bytes; the limit is {limit}", status=413)
             try:
+                body = _decompress(body, request.headers.get("content-encoding", ""), limit)
                 parsed, inputs, requested, binary_flags = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
-            except OipError:
+            except RoostError:
                 core.count_client_error(PROTOCOL)
                 raise
             outputs = await core.infer(p["name"], p.get("version"), inputs, requested, PROTOCOL)
             return encode_infer_response(core, parsed, outputs, binary_flags)
-        except OipError as exc:
+        except RoostError as exc:
             return error(exc)
 
     routes = [

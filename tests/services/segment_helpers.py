@@ -30,16 +30,9 @@ def segment_bundle(tmp_path_factory) -> Path:
 
 
 def in_process_model(bundle: Path, runtime: str = "onnx"):
-    """SegmentModel exactly as the service builds it, its `infer` calling the runtime directly."""
-    from services.bundle import open_bundle
-    from services.runtime import load_runtime
+    """SegmentModel exactly as the service builds it: runtime and batcher in-process."""
     from services.segment import SegmentModel
     from services.settings import settings_for
 
-    rt = load_runtime(open_bundle(bundle), runtime, "cpu", 0)
-
-    async def infer(rows):
-        return rt.run({rt.input_names[0]: rows})[0]
-
     settings = dataclasses.replace(settings_for("segment"), bundle=Path(bundle), runtime=runtime)
-    return SegmentModel(settings=settings, infer=infer).load()
+    return SegmentModel(settings=settings).load()

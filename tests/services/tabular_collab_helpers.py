@@ -32,26 +32,15 @@ def load_learner(bundle: Path):
 
 
 def in_process_model(model: str, bundle: Path, runtime: str = "onnx"):
-    """TabularModel / CollabModel exactly as the service builds it, `infer` calling the runtime."""
-    from services.bundle import open_bundle
-    from services.model import model_feeds
-    from services.runtime import load_runtime
+    """TabularModel / CollabModel exactly as the service builds it: runtime and batcher in-process."""
     from services.settings import settings_for
 
     if model == "tabular":
         from services.tabular import TabularModel as cls
     else:
         from services.collab import CollabModel as cls
-    opened = open_bundle(bundle)
-    rt = load_runtime(opened, runtime, "cpu", 1)
-
-    async def infer(rows):
-        return rt.run(model_feeds(opened.spec, rt.input_names, rows))[0]
-
-    settings = dataclasses.replace(settings_for(model), bundle=Path(bundle), runtime=runtime)
-    instance = cls(settings=settings, infer=infer).load()
-    instance.runtime = rt
-    return instance
+    settings = dataclasses.replace(settings_for(model), bundle=Path(bundle), runtime=runtime, ort_threads=1)
+    return cls(settings=settings).load()
 
 
 def call(model, request):

@@ -12,6 +12,9 @@ def test_every_public_metric_is_registered_under_its_documented_name():
     metrics.IN_FLIGHT.labels("bird").dec()
     metrics.REJECTED.labels("bird", "queue_full").inc()
     metrics.MODEL_INFO.labels("bird", "v1", "onnx", "resnet18", "cpu").set(1)
+    metrics.QUEUE_ROWS.labels("bird").set(0)
+    metrics.QUEUE_SECONDS.labels("bird").observe(0.001)
+    metrics.BATCHES.labels("bird", "idle").inc()
     text = generate_latest(REGISTRY).decode()
     for name in metrics.METRIC_NAMES:
         assert f"\n{name}" in text or text.startswith(name) or f"{name}_bucket" in text or f"{name}_total" in text, name

@@ -5,6 +5,7 @@ import asyncio
 import io
 import json
 import socket
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -23,25 +24,28 @@ SPEC = ImageSpec(height=8, width=8, mean=None, std=None, vocab=["bird", "forest"
 
 
 class Recorder:
-    """Stands in for the batched inference service: logits from the mean pixel, calls recorded."""
+    """Stands in for the network (a runtime): logits from the mean pixel, batch sizes recorded."""
+
+    input_names = ["pixels"]
 
     def __init__(self, delay: float = 0.0):
         self.delay = delay
         self.calls: list[int] = []
 
-    async def __call__(self, rows: np.ndarray) -> np.ndarray:
+    def run(self, feeds: dict) -> list[np.ndarray]:
+        rows = feeds["pixels"]
         self.calls.append(len(rows))
         if self.delay:
-            await asyncio.sleep(self.delay)
+            time.sleep(self.delay)
         m = rows.reshape(len(rows), -1).mean(axis=1)
-        return np.stack([m, -m], axis=1).astype(np.float32)
+        return [np.stack([m, -m], axis=1).astype(np.float32)]
 
 
 def make_model(delay: float = 0.0) -> BirdModel:
-    model = BirdModel(infer=Recorder(delay))
+    model = BirdModel()
     model.spec = SPEC
     model.bundle = SimpleNamespace(name="bird", version="v1", spec=SPEC)
-    return model
+    return model.attach(Recorder(delay))
 
 
 def png(color) -> bytes:
@@ -139,7 +143,7 @@ def test_rest_pixels_skip_preprocessing_and_share_the_model(client, model):
     assert r.status_code == 200, r.text
     out = {o["name"]: o for o in r.json()["outputs"]}  # no binary_data asked: JSON outputs
     np.testing.assert_allclose(out["probability"]["data"], [t.probability for t in typed], atol=1e-6)
-    assert model._infer.calls == [2, 2]  # the typed call, then ours: same model, same network
+    assert model.runtime.calls == [2, 2]  # the typed call, then ours: same model, same network
 
 
 @pytest.mark.parametrize("request_json, status, message", [
@@ -190,7 +194,7 @@ def test_rest_counts_requests_once_per_protocol(client):
 
 
 def test_model_errors_keep_their_status(model):
-    model.settings = SimpleNamespace(**{**vars(model.settings), "max_concurrency": 0})
+    model.batcher.max_queue_rows = 0  # a full queue
     client = TestClient(create_app(lambda: OipCore(model)))
     body, headers = binary_body([("image", "BYTES", [1], bytes_raw([IMAGES[0]]))])
     r = client.post("/v2/models/bird/infer", content=body, headers=headers)
@@ -309,7 +313,7 @@ def test_grpc_stop_lets_accepted_requests_finish(model):
 
     labels = asyncio.run(_with_grpc(slow, body))
     assert len(labels) == 1
-    assert slow._infer.calls == [1]
+    assert slow.runtime.calls == [1]
 
 
 def test_grpc_port_in_use_fails_loudly(model):
