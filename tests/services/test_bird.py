@@ -146,7 +146,7 @@ def test_a_tampered_pickle_stops_the_server_from_starting(bird_bundle, tmp_path)
 
 
 def test_a_full_queue_answers_429_with_retry_after(bird_bundle, tmp_path):
-    srv = start_server("services.bird:Bird", bird_bundle, tmp_path, {"ROOST_MAX_CONCURRENCY": "2", "ROOST_MAX_LATENCY_MS": "3000"})
+    srv = start_server("services.bird:Bird", bird_bundle, tmp_path, {"ROOST_MAX_QUEUE": "2"})
     try:
         photos = sorted((SHARED / "bird_or_forest" / "bird").iterdir())[:30]
 
