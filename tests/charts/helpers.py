@@ -11,11 +11,13 @@ from pathlib import Path
 
 import yaml
 
+from services.registry import MODELS as REGISTRY
+
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "roost"
 EXAMPLES = {p.stem: p for p in sorted((CHART / "examples").glob("*.yaml"))}
 CONFIGS = ["default", *EXAMPLES]  # every configuration CI renders and validates
-MODELS = ("bird", "segment", "tabular", "collab")
+MODELS = tuple(REGISTRY)  # services/registry.py: every model the chart must know
 RELEASE = "roost"
 NAMESPACE = "roost"
 BIN = ROOT / "tools" / "bin"

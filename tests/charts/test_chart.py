@@ -326,14 +326,65 @@ def test_bundle_version_pins_roost_bundle(render):
     assert env["ROOST_BUNDLE"] == "/models/bird/20261101-120000"
 
 
+def container_env(dep: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
 def test_runtime_and_knobs_reach_the_environment(render):
-    dep = render("--set", "models.bird.runtime=fastai,models.bird.batching.maxBatchSize=8,models.bird.maxConcurrency=5,"
-                 "models.bird.resources.requests.cpu=2500m").kind("Deployment")[0]
+    dep = render("--set", "models.bird.runtime=fastai,models.bird.batching.maxBatchSize=8,models.bird.maxQueue=5,"
+                 "models.bird.batching.maxLatencyMs=0,models.bird.resources.requests.cpu=2500m",
+                 "--set-json", "models.bird.timeoutSeconds=2.5").kind("Deployment")[0]
     c = dep["spec"]["template"]["spec"]["containers"][0]
-    env = {e["name"]: e.get("value") for e in c["env"]}
+    env = container_env(dep)
     assert env["ROOST_RUNTIME"] == "fastai" and c["image"].endswith(":0.1.0-fastai")
-    assert env["ROOST_MAX_BATCH_SIZE"] == "8" and env["ROOST_MAX_CONCURRENCY"] == "5"
+    assert env["ROOST_MAX_BATCH_SIZE"] == "8" and env["ROOST_MAX_QUEUE"] == "5"
+    assert env["ROOST_MAX_LATENCY_MS"] == "0" and env["ROOST_TIMEOUT_S"] == "2.5"
+    assert env["ROOST_WORKERS"] == "1"
     assert env["ROOST_ORT_THREADS"] == "3"  # 2500m rounded up
+    assert "ROOST_MAX_CONCURRENCY" not in env  # gone from the service: nothing reads it
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_every_model_knob_reaches_the_environment(render_config, config):
+    values = effective_values(config)
+    for dep in render_config(config).kind("Deployment"):
+        m = values["models"][dep["metadata"]["labels"]["app.kubernetes.io/component"]]
+        env = container_env(dep)
+        assert env["ROOST_MAX_BATCH_SIZE"] == str(m["batching"]["maxBatchSize"])
+        assert env["ROOST_MAX_LATENCY_MS"] == str(m["batching"]["maxLatencyMs"])
+        assert env["ROOST_MAX_QUEUE"] == str(m["maxQueue"])
+        assert env["ROOST_TIMEOUT_S"] == str(m["timeoutSeconds"])
+        assert env["ROOST_WORKERS"] == str(m.get("workers", 1))
+
+
+@pytest.mark.parametrize(("workers", "cpu", "threads"), [(1, "2", "2"), (2, "2", "1"), (2, "2500m", "2"), (3, "500m", "1")])
+def test_workers_reach_the_environment_and_share_the_cpu_request(render, workers, cpu, threads):
+    dep = render("--set", f"models.bird.workers={workers}", "--set-string", f"models.bird.resources.requests.cpu={cpu}").kind("Deployment")[0]
+    env = container_env(dep)
+    assert env["ROOST_WORKERS"] == str(workers)
+    assert env["ROOST_ORT_THREADS"] == threads  # per worker: the CPU request / workers, rounded up
+    explicit = render("--set", f"models.bird.workers={workers},models.bird.ortThreads=7").kind("Deployment")[0]
+    assert container_env(explicit)["ROOST_ORT_THREADS"] == "7"
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_http_and_grpc_listen_on_the_pod_ip(render_config, config):
+    """Both servers bind 0.0.0.0 (the service's gRPC default would be loopback-only outside a pod)."""
+    for dep in render_config(config).kind("Deployment"):
+        [c] = dep["spec"]["template"]["spec"]["containers"]
+        assert "--host=0.0.0.0" in c["args"]
+        assert container_env(dep)["ROOST_GRPC_HOST"] == "0.0.0.0"
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_grace_period_outlasts_the_preStop_sleep_plus_each_models_deadline(render_config, config):
+    values = effective_values(config)
+    for dep in render_config(config).kind("Deployment"):
+        m = values["models"][dep["metadata"]["labels"]["app.kubernetes.io/component"]]
+        spec = dep["spec"]["template"]["spec"]
+        sleep = int(spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][1])
+        assert spec["terminationGracePeriodSeconds"] > sleep + m["timeoutSeconds"]
+        assert spec["terminationGracePeriodSeconds"] >= values["shutdown"]["terminationGracePeriodSeconds"]
 
 
 def test_network_policy_is_optional(render_config):
@@ -395,6 +446,11 @@ BAD_VALUES = {
     "enabled not a boolean": ["--set-string", "models.bird.enabled=yes"],
     "replicas as a string": ["--set-string", "models.bird.replicas=2"],
     "zero batch size": ["--set", "models.bird.batching.maxBatchSize=0"],
+    "negative batch latency": ["--set", "models.bird.batching.maxLatencyMs=-1"],
+    "zero queue": ["--set", "models.bird.maxQueue=0"],
+    "queue as a string": ["--set-string", "models.bird.maxQueue=64"],
+    "zero workers": ["--set", "models.bird.workers=0"],
+    "maxConcurrency is gone": ["--set", "models.bird.maxConcurrency=64"],
     "unknown model source": ["--set", "modelSource.type=s3"],
     "unknown model key": ["--set", "models.bird.gpus=1"],
     "unknown top-level key": ["--set", "autoscaling.enabled=true"],

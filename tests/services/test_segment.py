@@ -161,7 +161,7 @@ def test_server_batch_endpoint_takes_base64_images(server):
     [
         (lambda url: post_image(url, b"this is not an image", "x.jpg"), 400, "image"),
         (lambda url: httpx.post(f"{url}/predict"), 422, "image"),  # missing field
-        (lambda url: post_image(url, camvid_images(1)[0].read_bytes(), data={"format": "gif"}), 400, "format"),
+        (lambda url: post_image(url, camvid_images(1)[0].read_bytes(), data={"format": "gif"}), 422, "format"),
         (lambda url: httpx.post(f"{url}/predict_batch", json={"images": ["%%%not base64"]}), 400, "images[0]"),
         (lambda url: httpx.post(f"{url}/predict_batch", json={"images": []}), 422, "images"),  # invalid field
     ],

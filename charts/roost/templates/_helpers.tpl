@@ -74,16 +74,21 @@ true
 {{- end -}}
 {{- end -}}
 
-{{/* ONNX Runtime threads: the value, or the CPU request rounded up (at least 1). */}}
+{{/* ONNX Runtime threads per worker: the value, or the CPU request divided among the workers,
+rounded up (at least 1). */}}
 {{- define "roost.ortThreads" -}}
 {{- $n := int .ortThreads -}}
 {{- if eq $n 0 -}}
+{{- $workers := max (int (.workers | default 1)) 1 -}}
 {{- $cpu := toString (dig "requests" "cpu" "1" .resources) -}}
+{{- $millis := 0 -}}
 {{- if hasSuffix "m" $cpu -}}
-{{- $n = div (add (int (trimSuffix "m" $cpu)) 999) 1000 | int -}}
+{{- $millis = int (trimSuffix "m" $cpu) -}}
 {{- else -}}
-{{- $n = ceil (float64 $cpu) | int -}}
+{{- $millis = mulf (float64 $cpu) 1000 | ceil | int -}}
 {{- end -}}
+{{- $per := mul 1000 $workers -}}
+{{- $n = div (sub (add $millis $per) 1) $per | int -}}
 {{- end -}}
 {{- max $n 1 -}}
 {{- end -}}
