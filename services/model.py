@@ -101,6 +101,8 @@ class RoostModel:
             max_batch_size=s.max_batch_size,
             max_latency_ms=s.max_latency_ms,
             max_queue_rows=s.max_queue_rows,
+            # A GPU runs one batch while the next is copied in; a CPU session already uses every core.
+            runners=2 if getattr(runtime, "device", "cpu") == "cuda" else 1,
         )
         return self
 
