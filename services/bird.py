@@ -4,6 +4,8 @@
 
 POST /predict        multipart file field `image`          -> BirdPrediction
 POST /predict_batch  JSON {"images": [<base64 image>, ...]} -> [BirdPrediction, ...]
+Open Inference Protocol (docs/oip.md): `image` BYTES [N] or `pixels` FP32 [N,3,H,W] -> `label`,
+`probability`, `probabilities`, as BirdModel declares below.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ import bentoml
 import numpy as np
 from pydantic import BaseModel, Field
 
-from services.model import ModelService, roost_service, RoostModel
+from services.model import ModelService, Preprocessed, roost_service, RoostModel
+from services.oip.codec import Tensor
+from services.oip.tensors import OipModel, check_pixels, classifier_outputs, classifier_tensors, elements
+from services.oip.tensors import image_inputs, image_or_pixels
 from services.preprocessing import decode_base64, decode_image, image_tensor
 from services.registry import MODELS
 from services.upload import UploadedFile
@@ -27,9 +32,10 @@ class BirdPrediction(BaseModel):
     model_version: str
 
 
-class BirdModel(RoostModel):
+class BirdModel(RoostModel, OipModel):
     name = "bird"
     spec_kind = "image"
+    oip_max_rows = MAX_BATCH_ITEMS  # as /predict_batch
 
     def preprocess(self, images: list[bytes | str]) -> np.ndarray:
         rows = []
@@ -44,6 +50,25 @@ class BirdModel(RoostModel):
             BirdPrediction(label=label, probability=p, probabilities=probs, model_version=self.version)
             for label, p, probs in self.classify(logits, self.spec.vocab)
         ]
+
+    # -- Open Inference Protocol: `image` BYTES [N] (encoded files; base64 strings in JSON) or `pixels`
+    # FP32 [N,3,H,W] (already resized and normalized) -> `label` BYTES [N], `probability` FP32 [N]
+    # (of the label), `probabilities` FP32 [N,C] in vocabulary order.
+    def oip_inputs(self) -> list:
+        return image_inputs(self.spec, "encoded image files (JPEG, PNG, ...), one per row; base64 strings in JSON")
+
+    def oip_outputs(self) -> list:
+        return classifier_outputs("label", list(self.spec.vocab))
+
+    def oip_request(self, tensors: dict[str, Tensor]) -> list | Preprocessed:
+        image_or_pixels(self, tensors)
+        if "image" in tensors:
+            return elements(tensors["image"])
+        return Preprocessed(check_pixels(tensors["pixels"]))
+
+    def oip_response(self, results: list[BirdPrediction]) -> dict[str, Tensor]:
+        rows = [(r.label, r.probability, r.probabilities) for r in results]
+        return classifier_tensors("label", list(self.spec.vocab), rows)
 
 
 @roost_service

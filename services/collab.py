@@ -15,6 +15,9 @@ Unknown ids (documented behaviour):
   is a popularity fallback: the known side's bias (the '#na#' row contributes almost nothing).
 - /recommend for an unknown user answers 404 `{"error": "user '<id>' is not known ...", "field": "user"}`.
 Nothing unknown ever reaches ONNX Runtime as an out-of-range index.
+
+Open Inference Protocol (docs/oip.md): `user`, `movie` [N] -> `rating`, `cold_start`, as
+CollabModel declares below.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, Validat
 from services import metrics
 from services.errors import NotFound
 from services.model import ModelService, roost_service, RoostModel
+from services.oip.codec import INTEGER_TYPES, Tensor
+from services.oip.tensors import OipModel, TensorSpec, check_names, check_rows, elements, texts
 from services.preprocessing import CollabIndex, InputError
 from services.registry import MODELS
 
@@ -82,13 +87,14 @@ class Recommendations(BaseModel):
     model_version: str
 
 
-class CollabModel(RoostModel):
+class CollabModel(RoostModel, OipModel):
     """Requests: a list of UserMovie pairs (the typed /predict, and every other protocol), or one
     RecommendRequest (rates every unseen movie for the user, through the same batcher)."""
 
     name = "collab"
     spec_kind = "collab"
     stages_in_thread = False
+    oip_max_rows = MAX_PAIRS
 
     def load(self) -> "CollabModel":
         super().load()
@@ -154,6 +160,38 @@ class CollabModel(RoostModel):
                 )
             )
         return results
+
+    # -- Open Inference Protocol: `user` and `movie`, [N] each, INT64 (other integer types accepted)
+    # or BYTES (ids as text, as in ratings.csv) -> `rating` FP32 [N] (within y_range), `cold_start`
+    # BOOL [N] (user or movie unknown to the model: a fallback rating).
+    def oip_inputs(self) -> list[TensorSpec]:
+        others = tuple(sorted((INTEGER_TYPES - {"INT64"}) | {"BYTES"}))
+        return [
+            TensorSpec("user", "INT64", (-1,), accepts=others, doc="userId (INT64, or BYTES text)"),
+            TensorSpec("movie", "INT64", (-1,), accepts=others, doc="movieId (INT64, or BYTES text)"),
+        ]
+
+    def oip_outputs(self) -> list[TensorSpec]:
+        low, high = self.spec.y_range
+        return [
+            TensorSpec("rating", "FP32", (-1,), doc=f"predicted rating, within [{low}, {high}]"),
+            TensorSpec("cold_start", "BOOL", (-1,), doc="user or movie unknown to the model: a fallback rating"),
+        ]
+
+    def oip_request(self, tensors: dict[str, Tensor]) -> list[dict]:
+        check_names(self, tensors)
+        check_rows(self, tensors)
+
+        def ids(tensor: Tensor) -> list:
+            return texts(tensor) if tensor.datatype == "BYTES" else [int(v) for v in elements(tensor)]
+
+        return [{"user": u, "movie": m} for u, m in zip(ids(tensors["user"]), ids(tensors["movie"]))]
+
+    def oip_response(self, results: list[RatingPrediction]) -> dict[str, Tensor]:
+        return {
+            "rating": Tensor("rating", "FP32", np.array([r.rating for r in results], dtype=np.float32)),
+            "cold_start": Tensor("cold_start", "BOOL", np.array([r.cold_start for r in results], dtype=bool)),
+        }
 
 
 @roost_service

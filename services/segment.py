@@ -16,6 +16,9 @@ returned. The answer, per image:
   makes it viewable)
 - `class_fractions`: share of the image's pixels per class (all classes; they sum to 1)
 - `mask` (only with `format=raw`): the same class indices as rows of ints
+
+Open Inference Protocol (docs/oip.md): `image` BYTES [N] (all of one size) or `pixels` FP32
+[N,3,H,W] -> `mask` UINT8 [N,h,w], `class_fractions` FP32 [N,C], as SegmentModel declares below.
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from PIL import Image
 from pydantic import BaseModel, Field, PrivateAttr, model_serializer
 
 from services import metrics
-from services.model import ModelService, roost_service, RoostModel
+from services.model import ModelService, Preprocessed, roost_service, RoostModel
+from services.oip.codec import Tensor, TensorError
+from services.oip.tensors import OipModel, TensorSpec, check_pixels, elements, image_inputs, image_or_pixels
 from services.preprocessing import InputError, decode_base64, decode_image, mask_to_size, segmentation_tensor
 from services.registry import MODELS
 from services.upload import UploadedFile
@@ -120,9 +125,21 @@ def check_format(value: str | None) -> str:
     return value
 
 
-class SegmentModel(RoostModel):
+def _image_size(item: Any) -> tuple[int, int] | None:
+    """(width, height) from an encoded image's header, or None (preprocess reports bad images)."""
+    try:
+        if isinstance(item, str):
+            item = base64.b64decode(item.split(",", 1)[1] if item.startswith("data:") else item, validate=True)
+        with Image.open(io.BytesIO(item)) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - undecodable: the model's own check answers with the field
+        return None
+
+
+class SegmentModel(RoostModel, OipModel):
     name = "segment"
     spec_kind = "segmentation"
+    oip_max_rows = MAX_BATCH_ITEMS  # as /predict_batch
 
     async def __call__(self, request: Any, protocol: str = "http") -> list[SegmentPrediction]:
         """`request`: a list of encoded images (bytes) or base64 strings -> one prediction each."""
@@ -176,6 +193,43 @@ class SegmentModel(RoostModel):
             prediction._array = full
             results.append(prediction)
         return results
+
+    # -- Open Inference Protocol: `image` BYTES [N] (encoded files; base64 strings in JSON; all of one
+    # size) or `pixels` FP32 [N,3,H,W] at the training size -> `mask` UINT8 [N,h,w] class indices at
+    # the images' own size (the training size for pixels), `class_fractions` FP32 [N,C].
+    def oip_inputs(self) -> list[TensorSpec]:
+        return image_inputs(self.spec, "encoded image files of one size, one per row; base64 strings in JSON")
+
+    def oip_outputs(self) -> list[TensorSpec]:
+        codes = list(self.spec.codes)
+        return [
+            TensorSpec("mask", "UINT8", (-1, -1, -1), doc=f"class index per pixel, [N, height, width]; classes {codes}"),
+            TensorSpec("class_fractions", "FP32", (-1, len(codes)), doc="share of pixels per class, in class order"),
+        ]
+
+    def oip_request(self, tensors: dict[str, Tensor]) -> list | Preprocessed:
+        n = image_or_pixels(self, tensors)
+        if "image" in tensors:
+            items = elements(tensors["image"])
+            sizes = {size for size in map(_image_size, items) if size is not None}
+            if len(sizes) > 1:
+                raise TensorError(
+                    f"input 'image': images of sizes {sorted(sizes)}; one request's images must share a size "
+                    "(the mask output is one [N, height, width] tensor): send them in separate requests"
+                )
+            return items
+        rows = Images([None] * n)  # pixels at the training size: masks at that size
+        rows.sizes = [(self.spec.width, self.spec.height)] * n
+        return Preprocessed(check_pixels(tensors["pixels"]), rows)
+
+    def oip_response(self, results: list[SegmentPrediction]) -> dict[str, Tensor]:
+        codes = list(self.spec.codes)
+        masks = np.stack([np.asarray(r.mask_array, dtype=np.uint8) for r in results])
+        fractions = np.array([[r.class_fractions[c] for c in codes] for r in results], dtype=np.float32)
+        return {
+            "mask": Tensor("mask", "UINT8", masks),
+            "class_fractions": Tensor("class_fractions", "FP32", fractions.reshape(len(results), len(codes))),
+        }
 
 
 @roost_service

@@ -13,6 +13,8 @@ missing values in training, so fastai cannot fill them: a row without them is a 
 field. Wrong types, unknown field names and impossible values (negative age, ...) fail BentoML's
 request validation: 400 with `detail[].loc` naming the field (e.g. ["row", "age"]).
 Columns the lesson's model does not use (sex, capital-gain, ...) are validated and ignored.
+Open Inference Protocol (docs/oip.md): one tensor per raw column -> `salary`, `probability`,
+`probabilities`, as TabularModel declares below.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.model import ModelService, roost_service, RoostModel
+from services.oip.codec import Tensor, TensorError
+from services.oip.tensors import NUMBER_TYPES, OipModel, TensorSpec, check_names, check_rows, classifier_outputs
+from services.oip.tensors import classifier_tensors, elements, texts
 from services.preprocessing import InputError, TabularEncoder
 from services.registry import MODELS
 
@@ -79,10 +84,11 @@ def _validation_field(exc: ValidationError, index: int | None) -> tuple[str, str
     return field, err["msg"]
 
 
-class TabularModel(RoostModel):
+class TabularModel(RoostModel, OipModel):
     name = "tabular"
     spec_kind = "tabular"
     stages_in_thread = False
+    oip_max_rows = MAX_BATCH_ROWS
 
     def load(self) -> "TabularModel":
         super().load()
@@ -108,6 +114,43 @@ class TabularModel(RoostModel):
             SalaryPrediction(salary=label, probability=p, probabilities=probs, model_version=self.version)
             for label, p, probs in self.classify(logits, self.spec.vocab)
         ]
+
+    # -- Open Inference Protocol: one tensor per raw column, [N] each: BYTES for categorical columns
+    # (UTF-8; "" = missing), FP32 for continuous ones (FP16/FP64/INT*/UINT* accepted; NaN = missing,
+    # filled as fastai does). Any column may be left out (missing in every row); preprocess still
+    # refuses rows that lack a column it cannot fill (e.g. age), as for the typed API.
+    # Outputs: `<y_name>` (salary) BYTES [N], `probability` FP32 [N], `probabilities` FP32 [N,C].
+    def oip_inputs(self) -> list[TensorSpec]:
+        s = self.spec
+        derived = {f"{c}_na" for c in s.fill_values}
+        cats = [c for c in s.cat_names if c not in derived]
+        return [TensorSpec(c, "BYTES", (-1,), doc="category (UTF-8); empty: missing") for c in cats] + [
+            TensorSpec(c, "FP32", (-1,), accepts=tuple(t for t in NUMBER_TYPES if t != "FP32"), doc="number; NaN: missing")
+            for c in s.cont_names
+        ]
+
+    def oip_outputs(self) -> list[TensorSpec]:
+        return classifier_outputs(self.spec.y_name, list(self.spec.vocab))
+
+    def oip_request(self, tensors: dict[str, Tensor]) -> list[dict]:
+        """Tensors -> one record (column -> raw value, None: missing) per row, validated by preprocess."""
+        if not tensors:
+            raise TensorError(f"no inputs; model '{self.name}' takes {[t.name for t in self.oip_inputs()]}")
+        check_names(self, tensors, set())
+        records: list[dict] = [{} for _ in range(check_rows(self, tensors))]
+        for name, tensor in tensors.items():
+            if tensor.datatype == "BYTES":
+                values = [value if value != "" else None for value in texts(tensor)]
+            else:
+                values = [None if x != x else x for x in map(float, elements(tensor))]  # NaN: missing, as in the CSV
+            for record, value in zip(records, values):
+                record[name] = value
+        return records
+
+    def oip_response(self, results: list[SalaryPrediction]) -> dict[str, Tensor]:
+        return classifier_tensors(
+            self.spec.y_name, list(self.spec.vocab), ((r.salary, r.probability, r.probabilities) for r in results)
+        )
 
 
 @roost_service

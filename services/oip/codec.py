@@ -2,7 +2,7 @@
 
 Protocol-neutral: a :class:`Tensor` is a name, an OIP datatype and a numpy array (its shape is the
 array's). BYTES tensors are numpy object arrays whose elements are ``bytes`` (binary data, gRPC) or
-``str`` (JSON, where BYTES elements travel as strings); adapters decide what a string means.
+``str`` (JSON, where BYTES elements travel as strings); each model decides what a string means.
 
 Raw encodings (REST binary extension, gRPC raw_input_contents/raw_output_contents) are row-major,
 little-endian; a BYTES element is a 4-byte little-endian unsigned length followed by its bytes.

@@ -3,6 +3,7 @@
 REST (rest.py) and gRPC (grpc_server.py) decode their requests into :class:`Tensor` objects, call
 :class:`OipCore`, and encode what it returns; every error is a RoostError (services/errors.py),
 which each transport answers in one place (:func:`oip_status` gives the protocol's HTTP status).
+The core knows no model: each declares its own tensors (:class:`~services.oip.tensors.OipModel`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from importlib import metadata as importlib_metadata
 from services import metrics
 from services.errors import InvalidInput, NotFound, RoostError, Unavailable
 from services.model import RoostModel
-from services.oip.adapters import Adapter, TensorSpec, adapter_for
+from services.oip.tensors import OipModel, TensorSpec
 from services.oip.codec import Tensor, TensorError
 
 log = logging.getLogger("roost.oip")
@@ -38,11 +39,12 @@ def oip_status(exc: RoostError) -> int:
 class OipCore:
     """One served model (a Roost service serves one), seen through the protocol."""
 
-    def __init__(self, model: RoostModel, adapter: Adapter | None = None):
+    def __init__(self, model: RoostModel):
+        if not isinstance(model, OipModel):
+            raise TypeError(f"model '{model.name}' ({type(model).__name__}) declares no Open Inference Protocol tensors")
         self.model = model
-        self.adapter = adapter or adapter_for(model)
-        self._inputs = self.adapter.inputs()
-        self._outputs = self.adapter.outputs()
+        self._inputs = model.oip_inputs()
+        self._outputs = model.oip_outputs()
 
     # -- health and metadata -------------------------------------------------------------------
     @property
@@ -110,10 +112,10 @@ class OipCore:
                     raise TensorError(f"unknown output {out!r}; model '{name}' gives {known}")
             if requested is not None and len(set(requested)) != len(requested):
                 raise TensorError("an output is requested twice")
-            # Validation failures above and in the adapter happen before the model counts the request.
-            outputs = await self.adapter.run(tensors, protocol)
+            request = model.oip_request(tensors)  # the model's own checks, then its request
         except TensorError:  # refused before the model saw it (the model counts the rest)
             self.count_client_error(protocol)
             raise
+        outputs = model.oip_response(await model(request, protocol=protocol))
         names = requested or known
         return [outputs[n] for n in names]

@@ -1,4 +1,4 @@
-"""The OIP layer in process, with a stand-in network: REST app, gRPC server, adapters, errors,
+"""The OIP layer in process, with a stand-in network: REST app, gRPC server, model tensors, errors,
 metrics and graceful stop. Fast; the real servers are in test_oip_bird.py / test_oip_tabular.py."""
 
 import asyncio
