@@ -6,6 +6,7 @@ DATA ?=
 PORT ?= 3000
 GRPC_PORT ?= 8001
 TRAIN_ARGS ?=
+BENCH_ARGS ?=
 MODELS := bird segment tabular collab
 
 export BENTOML_DO_NOT_TRACK := True
@@ -33,7 +34,7 @@ $(addprefix serve-,$(MODELS)): serve-%: setup
 	ROOST_ARTIFACTS=$(ARTIFACTS) ROOST_GRPC_PORT=$(GRPC_PORT) .venv/bin/bentoml serve services.$*:$(shell echo $* | sed "s/./\U&/") --host 127.0.0.1 --port $(PORT)
 
 $(addprefix bench-,$(MODELS)): bench-%: setup
-	$(PY) -m tests.bench $* --artifacts $(ARTIFACTS)
+	$(PY) -m tests.bench $* --artifacts $(ARTIFACTS) $(BENCH_ARGS)
 
 bench: $(addprefix bench-,$(MODELS))
 
