@@ -22,7 +22,7 @@ Every server peer runs closed loops at each --concurrency (default 1, 4, 16, 64)
 (non-200 answers and exceptions), the server process tree's CPU seconds (and answered requests per
 CPU second) and peak RSS (sum over the tree, sampled every 0.2 s with psutil), and the load
 generator's own CPU seconds. The order of the two servers alternates between rounds. The load
-generator is one asyncio loop (httpx.AsyncClient / grpc.aio) with pre-encoded request bodies; it
+generator is one asyncio loop (raw HTTP/1.1 keep-alive connections / grpc.aio) with pre-encoded request bodies; it
 shares the machine's cores with the server, which the output says.
 
     python -m tests.bench bird --rounds 1 --seconds 2 --out /tmp/bench.md     # a smoke run
@@ -420,7 +420,8 @@ Send = Callable[[int], Awaitable[Any]]
 
 
 async def closed_loop(send: Send, clients: int, seconds: float) -> tuple[int, float, list[float], dict[str, int]]:
-    """`clients` workers, each sending its next request as soon as the previous one is answered."""
+    """`clients` workers, each sending its next request as soon as the previous one is answered
+    (``send(i, k)``: request i from client k)."""
     latencies: list[float] = []
     errors: collections.Counter = collections.Counter()
     deadline = time.perf_counter() + seconds
@@ -430,7 +431,7 @@ async def closed_loop(send: Send, clients: int, seconds: float) -> tuple[int, fl
         while time.perf_counter() < deadline:
             start = time.perf_counter()
             try:
-                status = await send(i)
+                status = await send(i, k)
             except Exception as exc:  # noqa: BLE001 - every failure is counted, by type
                 status = type(exc).__name__
             if status == 200:
@@ -444,11 +445,54 @@ async def closed_loop(send: Send, clients: int, seconds: float) -> tuple[int, fl
     return len(latencies), time.perf_counter() - began, latencies, dict(errors)
 
 
-def http_sender(client: httpx.AsyncClient, url: str, bodies: list[tuple[bytes, dict]]) -> Send:
-    async def send(i: int):
-        body, headers = bodies[i % len(bodies)]
-        return (await client.post(url, content=body, headers=headers)).status_code
-    return send
+class RawHttp:
+    """A cheap HTTP/1.1 load generator: one keep-alive connection per client, requests pre-built
+    as bytes, responses read by Content-Length. httpx costs about a millisecond of CPU per request,
+    which on this 2-core machine would cap what the client can send below what the servers answer."""
+
+    def __init__(self, url: str, bodies: list[tuple[bytes, dict]]):
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname, parts.port
+        self.requests = []
+        for body, headers in bodies:
+            head = [f"POST {parts.path} HTTP/1.1", f"Host: {parts.hostname}:{parts.port}", f"Content-Length: {len(body)}"]
+            head += [f"{k}: {v}" for k, v in headers.items() if k.lower() not in ("content-length", "host")]
+            self.requests.append(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        self.connections: dict[int, tuple[asyncio.StreamReader, asyncio.StreamWriter]] = {}
+
+    async def send(self, i: int, k: int):
+        conn = self.connections.get(k)
+        if conn is None:
+            conn = self.connections[k] = await asyncio.open_connection(self.host, self.port)
+        reader, writer = conn
+        try:
+            writer.write(self.requests[i % len(self.requests)])
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+                elif name.strip().lower() == b"connection" and value.strip().lower() == b"close":
+                    self.connections.pop(k, None)
+            await reader.readexactly(length)
+            return status
+        except Exception:
+            self.connections.pop(k, None)
+            writer.close()
+            raise
+
+    async def close(self) -> None:
+        for _, writer in self.connections.values():
+            writer.close()
+        self.connections.clear()
+
+
+def http_sender(client: RawHttp, url: str = "", bodies=None) -> Send:
+    return client.send
 
 
 def grpc_sender(channel, bodies: list[bytes]) -> Send:
@@ -456,7 +500,7 @@ def grpc_sender(channel, bodies: list[bytes]) -> Send:
 
     call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")  # bytes in, bytes out
 
-    async def send(i: int):
+    async def send(i: int, k: int = 0):
         try:
             await call(bodies[i % len(bodies)], timeout=120)
             return 200
@@ -471,7 +515,6 @@ async def run_points(peer: str, round_no: int, target: str, work: Workload, moni
     points = []
     for clients in [0, *concurrency]:  # 0: the warm-up
         n = clients or 4
-        limits = httpx.Limits(max_connections=n + 4, max_keepalive_connections=n + 4)
         rows = 1
         async with contextlib.AsyncExitStack() as stack:
             if peer == "grpc":
@@ -481,14 +524,15 @@ async def run_points(peer: str, round_no: int, target: str, work: Workload, moni
                     target, options=[("grpc.max_receive_message_length", 256 << 20), ("grpc.max_send_message_length", 256 << 20)]))
                 send = grpc_sender(channel, work.grpc)
             else:
-                client = await stack.enter_async_context(httpx.AsyncClient(limits=limits, timeout=120))
                 if peer == "rest":
-                    send = http_sender(client, f"{target}/v2/models/{model}/infer", work.rest)
+                    client = RawHttp(f"{target}/v2/models/{model}/infer", work.rest)
                 elif peer == "batch":
                     route, body, headers, rows = work.batch
-                    send = http_sender(client, target + route, [(body, headers)])
+                    client = RawHttp(target + route, [(body, headers)])
                 else:  # typed, baseline
-                    send = http_sender(client, f"{target}/predict", work.typed)
+                    client = RawHttp(f"{target}/predict", work.typed)
+                stack.push_async_callback(client.close)
+                send = http_sender(client)
             if not clients:
                 await closed_loop(send, n, warmup)
                 continue
@@ -654,7 +698,7 @@ def report(args, bundle: Path, info: dict, results: dict, rounds: list[int], sta
         f"- Bundle: `{b.name}` version `{b.version}` ({b.manifest.arch}); {config}.",
         f"- Command: `{command}` ({len(rounds)} round(s), {args.seconds:g} s per point after a {args.warmup:g} s warm-up; "
         f"{elapsed:.0f} s in all).",
-        f"- The load generator (one asyncio process: httpx.AsyncClient / grpc.aio, pre-encoded bodies) shares the "
+        f"- The load generator (one asyncio process: raw HTTP/1.1 keep-alive connections / grpc.aio, pre-encoded bodies) shares the "
         f"{cores} cores with the server: server peers are measured with less than the whole machine.",
         "",
     ]
