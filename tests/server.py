@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +22,12 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def metric_sum(text: str, series: str) -> float:
+    """The sum of the values of every sample line of a /metrics text whose name and labels match the
+    regex `series` (0 if none does): compare two scrapes' sums, since a server may be shared."""
+    return sum(float(v) for v in re.findall(rf"^{series} (\S+)", text, re.M))
 
 
 class Server:

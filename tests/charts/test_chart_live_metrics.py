@@ -15,7 +15,6 @@ import yaml
 from PIL import Image
 
 from tests.charts.helpers import BENTOML_METRICS, ROOT, base_metric, promql_metric_names
-from tests.server import start_server
 
 pytestmark = pytest.mark.slow
 
@@ -47,10 +46,8 @@ def scraped_series(text: str) -> dict[str, list[str]]:
 
 
 @pytest.fixture(scope="module")
-def bird_server(bird_bundle, tmp_path_factory):
-    server = start_server("services.bird:Bird", bird_bundle, tmp_path_factory.mktemp("live-metrics"))
-    yield server
-    server.stop()
+def bird_server(server_of):
+    return server_of("bird")
 
 
 def test_autoscaling_metrics_are_on_a_live_metrics_scrape(bird_server, render_config):

@@ -1,29 +1,11 @@
-"""Shared by the tests/services/test_oip_<model>.py end-to-end tests: bundles, servers, clients,
-metrics and error checks for the Open Inference Protocol, driven by tritonclient."""
+"""Shared by the tests/services/test_oip_<model>.py end-to-end tests: clients, metrics and error
+checks for the Open Inference Protocol, driven by tritonclient. (Bundles and servers come from the
+session fixtures bundle_of and server_of in tests/conftest.py.)"""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-
-def bundle_for(model: str, request, tmp_path_factory) -> Path:
-    """ROOST_TEST_BUNDLE_<MODEL> if set, else the session's quick bundle (shared with other tests)."""
-    override = os.environ.get(f"ROOST_TEST_BUNDLE_{model.upper()}")
-    if override:
-        return Path(override)
-    if model == "bird":
-        return request.getfixturevalue("bird_bundle")
-    if model == "segment":
-        from tests.services.segment_helpers import segment_bundle
-
-        return segment_bundle(tmp_path_factory)
-    from tests.services.tabular_collab_helpers import quick_bundle
-
-    return quick_bundle(model, tmp_path_factory)
 
 
 def http_client(server):

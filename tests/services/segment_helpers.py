@@ -1,14 +1,12 @@
-"""Shared by tests/training/test_segment.py and tests/services/test_segment.py: one quick U-Net per
-test session (cached on disk under pytest's base temp, so two modules train it once), real CamVid
-images, and an in-process SegmentModel wired to a runtime without BentoML."""
+"""Shared by the segmentation tests (training and services): real CamVid images, and an in-process
+SegmentModel wired to a runtime without BentoML. (The quick bundle: bundle_of("segment"), tests/conftest.py.)"""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
 
-from services.bundle import MANIFEST_FILE
-from tests.conftest import SHARED, train_quick
+from tests.conftest import SHARED
 
 CAMVID = SHARED / "fastai_samples" / "camvid_tiny"
 
@@ -18,15 +16,6 @@ def camvid_images(n: int = 6, unseen: bool = True) -> list[Path]:
     training.segment.QUICK_IMAGES sorted images) never saw."""
     files = sorted((CAMVID / "images").iterdir())
     return files[-n:] if unseen else files[:n]
-
-
-def segment_bundle(tmp_path_factory) -> Path:
-    """The quick segmentation bundle, trained through `python -m training segment --quick` once per session."""
-    root = tmp_path_factory.getbasetemp() / "segment-quick"
-    found = sorted(p for p in (root / "segment").glob("*") if (p / MANIFEST_FILE).is_file()) if root.is_dir() else []
-    if found:
-        return found[-1]
-    return train_quick("segment", root)
 
 
 def in_process_model(bundle: Path, runtime: str = "onnx"):

@@ -1,7 +1,6 @@
-"""Shared by the tabular and collab tests (training and services): one quick bundle per model per
-test session (trained through `python -m training <model> --quick`, cached under pytest's base temp
-so the training and the services modules share it), real rows from the shared fastai samples, and
-in-process models wired to a runtime without BentoML."""
+"""Shared by the tabular and collab tests (training and services): real rows from the shared fastai
+samples, and in-process models wired to a runtime without BentoML. (The quick bundles and learners:
+bundle_of / learner_of, tests/conftest.py.)"""
 
 from __future__ import annotations
 
@@ -9,26 +8,10 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-from services.bundle import MANIFEST_FILE
-from tests.conftest import SHARED, train_quick
+from tests.conftest import SHARED
 
 ADULT_CSV = SHARED / "fastai_samples" / "adult_sample" / "adult.csv"
 RATINGS_CSV = SHARED / "fastai_samples" / "movie_lens_sample" / "ratings.csv"
-
-
-def quick_bundle(model: str, tmp_path_factory) -> Path:
-    """The quick bundle of `model` ('tabular' or 'collab'), trained once per test session."""
-    root = tmp_path_factory.getbasetemp() / f"{model}-quick"
-    found = sorted(p for p in (root / model).glob("*") if (p / MANIFEST_FILE).is_file()) if root.is_dir() else []
-    if found:
-        return found[-1]
-    return train_quick(model, root)
-
-
-def load_learner(bundle: Path):
-    from fastai.learner import load_learner as load
-
-    return load(bundle / "learner.pkl", cpu=True)
 
 
 def in_process_model(model: str, bundle: Path, runtime: str = "onnx"):

@@ -10,8 +10,7 @@ import pytest
 
 from services.collab import RecommendRequest, UserMovie
 from services.model import Preprocessed, RoostError
-from tests.server import start_server
-from tests.services.tabular_collab_helpers import RATINGS_CSV, call, in_process_model, load_learner, quick_bundle
+from tests.services.tabular_collab_helpers import RATINGS_CSV, call, in_process_model
 
 pytestmark = pytest.mark.slow
 
@@ -19,13 +18,13 @@ UNKNOWN_USER, UNKNOWN_MOVIE = 99_999_999, 424_242
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return quick_bundle("collab", tmp_path_factory)
+def bundle_dir(bundle_of):
+    return bundle_of("collab")
 
 
 @pytest.fixture(scope="module")
-def learner(bundle_dir):
-    return load_learner(bundle_dir)
+def learner(learner_of):
+    return learner_of("collab")
 
 
 @pytest.fixture(scope="module")
@@ -115,11 +114,8 @@ def test_recommend_for_an_unknown_user_is_a_404_naming_it(model):
 
 
 @pytest.fixture(scope="module")
-def server(bundle_dir, tmp_path_factory):
-    srv = start_server("services.collab:Collab", bundle_dir, tmp_path_factory.mktemp("collab-serve"),
-                       {"ROOST_MAX_LATENCY_MS": "3000"})
-    yield srv
-    assert srv.stop() is not None
+def server(server_of):
+    return server_of("collab")
 
 
 def test_served_over_http_concurrently(server, model, pairs):

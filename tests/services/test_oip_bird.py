@@ -1,15 +1,14 @@
 """Open Inference Protocol against the real bird server, with tritonclient over HTTP and gRPC.
 
-One `bentoml serve services.bird:Bird` (typed API + OIP REST + OIP gRPC) on free 127.0.0.1 ports.
+One `bentoml serve services.bird:Bird` (typed API + OIP REST + OIP gRPC) on free 127.0.0.1 ports:
+the session's bird server (server_of, tests/conftest.py), shared with tests/services/test_bird.py.
 Set ROOST_TEST_BUNDLE_BIRD=<bundle dir> to reuse a bundle instead of training a quick one.
 """
 
 import base64
-import os
 import socket
 import threading
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 
 from tests.conftest import BIRD_EXAMPLES
 from tests.server import start_server
+from tests.services.oip_helpers import counters, grpc_client, http_client, requests_count
 
 pytestmark = pytest.mark.slow
 
@@ -25,17 +25,13 @@ IMAGES = [EXAMPLES["bird"].read_bytes(), EXAMPLES["forest"].read_bytes()]
 
 
 @pytest.fixture(scope="module")
-def bundle(request) -> Path:
-    override = os.environ.get("ROOST_TEST_BUNDLE_BIRD")
-    return Path(override) if override else request.getfixturevalue("bird_bundle")
+def bundle(bundle_of):
+    return bundle_of("bird")
 
 
 @pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
-    srv = start_server("services.bird:Bird", bundle, tmp_path_factory.mktemp("bird-oip"),
-                       {"ROOST_MAX_LATENCY_MS": "3000"})
-    yield srv
-    srv.stop()
+def server(server_of):
+    return server_of("bird")
 
 
 @pytest.fixture(scope="module")
@@ -49,18 +45,6 @@ def spec(bundle):
 def typed(server):
     """The typed API's answers for the example images: what every protocol must reproduce."""
     return [httpx.post(f"{server.url}/predict", files={"image": ("x.jpg", img)}, timeout=60).json() for img in IMAGES]
-
-
-def http_client(server):
-    import tritonclient.http as th
-
-    return th.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=120)
-
-
-def grpc_client(server):
-    import tritonclient.grpc as tg
-
-    return tg.InferenceServerClient(f"127.0.0.1:{server.grpc_port}")
 
 
 def image_input(module, binary=True):
@@ -90,22 +74,6 @@ def assert_same_as_typed(result, typed, spec):
     expected = np.array([[t["probabilities"][c] for c in spec.vocab] for t in typed])
     np.testing.assert_allclose(result.as_numpy("probabilities"), expected, atol=1e-6)
     np.testing.assert_allclose(result.as_numpy("probability"), [t["probability"] for t in typed], atol=1e-6)
-
-
-def counters(server) -> dict:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = {}
-    for family in text_string_to_metric_families(server.metrics()):
-        for s in family.samples:
-            if s.labels.get("model") == "bird":
-                key = (s.name, *sorted((k, v) for k, v in s.labels.items() if k != "model"))
-                out[key] = s.value
-    return out
-
-
-def requests_count(c, protocol, outcome="ok"):
-    return c.get(("roost_requests_total", ("outcome", outcome), ("protocol", protocol)), 0.0)
 
 
 def batch_bucket(c, le):
@@ -251,7 +219,7 @@ def test_every_request_is_counted_once_with_its_protocol(server):
     import tritonclient.grpc as tg
     import tritonclient.http as th
 
-    before = counters(server)
+    before = counters(server, "bird")
     http_client(server).infer("bird", [image_input(th)])
     grpc_client(server).infer("bird", [image_input(tg)])
     httpx.post(f"{server.url}/predict", files={"image": ("x.jpg", IMAGES[0])}, timeout=60)
@@ -259,7 +227,7 @@ def test_every_request_is_counted_once_with_its_protocol(server):
     bad.set_data_from_numpy(np.zeros(1, np.int64))
     with pytest.raises(Exception):
         http_client(server).infer("bird", [bad])
-    after = counters(server)
+    after = counters(server, "bird")
     for protocol, outcome, delta in [("oip_rest", "ok", 1), ("oip_grpc", "ok", 1), ("http", "ok", 1),
                                      ("oip_rest", "client_error", 1), ("oip_grpc", "client_error", 0)]:
         got = requests_count(after, protocol, outcome) - requests_count(before, protocol, outcome)
@@ -269,11 +237,20 @@ def test_every_request_is_counted_once_with_its_protocol(server):
 # --- one batcher for every protocol ----------------------------------------------------------------
 
 
-def test_grpc_rest_and_typed_requests_share_batches(server, spec):
+@pytest.fixture(scope="module")
+def server_batch_32(bundle, tmp_path_factory):
+    """Batches of up to 32 rows (bird's CPU default is 8), so a batch can hold several requests' rows."""
+    srv = start_server("services.bird:Bird", bundle, tmp_path_factory.mktemp("bird-b32"), {"ROOST_MAX_BATCH_SIZE": "32"})
+    yield srv
+    srv.stop()
+
+
+def test_grpc_rest_and_typed_requests_share_batches(server_batch_32, spec):
     """Each round: a 32-row request fills the batcher (max batch 32) while one 3-row request per
     protocol - OIP gRPC, OIP REST, typed HTTP - arrives; they queue behind it together. A batch of
     9..16 rows can only hold rows of several of those requests, so several protocols: a round
     with exactly 2 batches, 41 rows and one batch in (8, 16] ran all three in one batch."""
+    server = server_batch_32
     import tritonclient.grpc as tg
     import tritonclient.http as th
 
@@ -308,10 +285,10 @@ def test_grpc_rest_and_typed_requests_share_batches(server, spec):
         r = httpx.post(f"{server.url}/predict_batch", json=typed_body, timeout=60)
         assert r.status_code == 200 and len(r.json()) == 3, r.text
 
-    start = counters(server)
+    start = counters(server, "bird")
     rounds, all_three_together, mixed_batches, seen = 0, 0, 0, []
     for _ in range(12):
-        before = counters(server)
+        before = counters(server, "bird")
         first = threading.Thread(target=guard(rest(blocker)))
         first.start()
         time.sleep(0.03)
@@ -322,7 +299,7 @@ def test_grpc_rest_and_typed_requests_share_batches(server, spec):
             t.join(120)
         assert not errors, (errors, seen)
         rounds += 1
-        after = counters(server)
+        after = counters(server, "bird")
         batches = after[("roost_batch_size_count",)] - before.get(("roost_batch_size_count",), 0)
         rows = after[("roost_batch_size_sum",)] - before.get(("roost_batch_size_sum",), 0)
         mid = (batch_bucket(after, "16.0") - batch_bucket(after, "8.0")) - (batch_bucket(before, "16.0") - batch_bucket(before, "8.0"))
@@ -334,7 +311,7 @@ def test_grpc_rest_and_typed_requests_share_batches(server, spec):
             all_three_together += 1
             if all_three_together >= 2:
                 break
-    end = counters(server)
+    end = counters(server, "bird")
     assert all_three_together >= 1, f"no round ran gRPC, REST and typed requests in one batch: {seen}"
     assert mixed_batches >= all_three_together, seen
     for protocol, n in (("oip_grpc", rounds), ("oip_rest", 2 * rounds), ("http", rounds)):
@@ -345,7 +322,8 @@ def test_grpc_rest_and_typed_requests_share_batches(server, spec):
 
 
 def test_zz_server_stops_cleanly_and_closes_grpc(server):
-    """Runs last in this module: SIGTERM stops HTTP and gRPC, and the process group exits."""
+    """Runs last in this module: SIGTERM stops HTTP and gRPC, and the process group exits. (Stops the
+    shared bird server; server_of starts a fresh one for any later test that asks.)"""
     assert grpc_client(server).is_server_live()
     rc = server.stop()
     assert rc is not None

@@ -9,9 +9,8 @@ import csv
 import numpy as np
 import pytest
 
-from tests.server import start_server
 from tests.services.oip_helpers import (
-    bundle_for, check_protocol_metrics, counters, expect_error, grpc_client, grpc_stub, http_client, make_input,
+    check_protocol_metrics, counters, expect_error, grpc_client, grpc_stub, http_client, make_input,
     post_typed, typed_outputs,
 )
 from tests.services.tabular_collab_helpers import RATINGS_CSV
@@ -29,16 +28,13 @@ PAIRS = rating_pairs()
 
 
 @pytest.fixture(scope="module")
-def bundle(request, tmp_path_factory):
-    return bundle_for("collab", request, tmp_path_factory)
+def bundle(bundle_of):
+    return bundle_of("collab")
 
 
 @pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
-    srv = start_server("services.collab:Collab", bundle, tmp_path_factory.mktemp("collab-oip"),
-                       {"ROOST_MAX_LATENCY_MS": "3000"})
-    yield srv
-    srv.stop()
+def server(server_of):
+    return server_of("collab")
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.server import start_server
 from tests.services.oip_helpers import (
-    bundle_for, check_protocol_metrics, counters, expect_error, grpc_client, grpc_stub, http_client, make_input,
+    check_protocol_metrics, counters, expect_error, grpc_client, grpc_stub, http_client, make_input,
     typed_outputs,
 )
 from tests.services.segment_helpers import camvid_images
@@ -24,8 +23,8 @@ IMAGES = [p.read_bytes() for p in camvid_images(2)]
 
 
 @pytest.fixture(scope="module")
-def bundle(request, tmp_path_factory):
-    return bundle_for("segment", request, tmp_path_factory)
+def bundle(bundle_of):
+    return bundle_of("segment")
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +35,8 @@ def spec(bundle):
 
 
 @pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
-    srv = start_server("services.segment:Segment", bundle, tmp_path_factory.mktemp("segment-oip"),
-                       {"ROOST_MAX_LATENCY_MS": "5000"})
-    yield srv
-    srv.stop()
+def server(server_of):
+    return server_of("segment")
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,8 @@ import csv
 import numpy as np
 import pytest
 
-from tests.server import start_server
 from tests.services.oip_helpers import (
-    bundle_for, check_protocol_metrics, counters, expect_error, grpc_client, grpc_stub, http_client, make_input,
+    check_protocol_metrics, counters, expect_error, grpc_client, grpc_stub, http_client, make_input,
     post_typed, text, typed_outputs,
 )
 from tests.services.tabular_collab_helpers import ADULT_CSV
@@ -39,16 +38,13 @@ ROWS = adult_rows()
 
 
 @pytest.fixture(scope="module")
-def bundle(request, tmp_path_factory):
-    return bundle_for("tabular", request, tmp_path_factory)
+def bundle(bundle_of):
+    return bundle_of("tabular")
 
 
 @pytest.fixture(scope="module")
-def server(bundle, tmp_path_factory):
-    srv = start_server("services.tabular:Tabular", bundle, tmp_path_factory.mktemp("tabular-oip"),
-                       {"ROOST_MAX_LATENCY_MS": "3000"})
-    yield srv
-    srv.stop()
+def server(server_of):
+    return server_of("tabular")
 
 
 @pytest.fixture(scope="module")

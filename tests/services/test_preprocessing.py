@@ -13,10 +13,8 @@ from tests.conftest import BIRD_EXAMPLES, SHARED
 
 
 @pytest.mark.slow
-def test_image_tensor_equals_fastai_validation_pipeline(bird_bundle):
-    from fastai.learner import load_learner
-
-    learn = load_learner(bird_bundle / "learner.pkl", cpu=True)
+def test_image_tensor_equals_fastai_validation_pipeline(bird_bundle, learner_of):
+    learn = learner_of("bird")
     spec = open_bundle(bird_bundle).spec
     photos = sorted((SHARED / "bird_or_forest" / "bird").iterdir())[:10] + sorted((SHARED / "bird_or_forest" / "forest").iterdir())[:10]
     photos += [p for p in (SHARED / "bird_or_forest").rglob("*.png")][:3] + sorted(BIRD_EXAMPLES.iterdir())

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.parametrize("who", ["arbiter", "process_group"])
 def test_sigterm_during_a_burst_answers_every_accepted_request(bird_bundle, tmp_path, who):
-    srv = start_server("services.bird:Bird", bird_bundle, tmp_path, {"ROOST_MAX_LATENCY_MS": "3000"})
+    srv = start_server("services.bird:Bird", bird_bundle, tmp_path)
     photos = sorted((SHARED / "bird_or_forest" / "forest").iterdir())[:24]
 
     async def grpc_infer(client, data: bytes):

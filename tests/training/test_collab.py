@@ -6,20 +6,20 @@ import pytest
 from PIL import Image
 
 from services.bundle import open_bundle
-from tests.services.tabular_collab_helpers import RATINGS_CSV, load_learner, quick_bundle
+from tests.services.tabular_collab_helpers import RATINGS_CSV
 from training.collab import ACTUAL_VS_PREDICTED
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return quick_bundle("collab", tmp_path_factory)
+def bundle_dir(bundle_of):
+    return bundle_of("collab")
 
 
 @pytest.fixture(scope="module")
-def learner(bundle_dir):
-    return load_learner(bundle_dir)
+def learner(learner_of):
+    return learner_of("collab")
 
 
 def test_quick_training_writes_a_sealed_verified_bundle(bundle_dir):

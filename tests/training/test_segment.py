@@ -5,21 +5,19 @@ import pytest
 from PIL import Image
 
 from services.bundle import open_bundle
-from tests.services.segment_helpers import CAMVID, segment_bundle
+from tests.services.segment_helpers import CAMVID
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return segment_bundle(tmp_path_factory)
+def bundle_dir(bundle_of):
+    return bundle_of("segment")
 
 
 @pytest.fixture(scope="module")
-def learner(bundle_dir):
-    from fastai.learner import load_learner
-
-    return load_learner(bundle_dir / "learner.pkl", cpu=True)
+def learner(learner_of):
+    return learner_of("segment")
 
 
 def test_quick_training_writes_a_sealed_verified_bundle(bundle_dir):

@@ -5,20 +5,19 @@ import pytest
 from PIL import Image
 
 from services.bundle import open_bundle
-from tests.services.tabular_collab_helpers import load_learner, quick_bundle
 from training.tabular import CAT_NAMES, CONT_NAMES, QUICK_ROWS
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory):
-    return quick_bundle("tabular", tmp_path_factory)
+def bundle_dir(bundle_of):
+    return bundle_of("tabular")
 
 
 @pytest.fixture(scope="module")
-def learner(bundle_dir):
-    return load_learner(bundle_dir)
+def learner(learner_of):
+    return learner_of("tabular")
 
 
 def test_quick_training_writes_a_sealed_verified_bundle(bundle_dir):
