@@ -35,6 +35,7 @@ class BirdPrediction(BaseModel):
 class BirdModel(RoostModel, OipModel):
     name = "bird"
     spec_kind = "image"
+    postprocess_in_thread = False  # a softmax over the classes
     oip_max_rows = MAX_BATCH_ITEMS  # as /predict_batch
 
     def preprocess(self, images: list[bytes | str]) -> np.ndarray:

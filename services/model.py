@@ -58,9 +58,10 @@ class RoostModel:
 
     name: ClassVar[str]
     spec_kind: ClassVar[str]
-    # Image decoding and mask encoding take milliseconds: off the event loop. A table row takes
-    # microseconds: a thread hop would cost more than the work.
-    stages_in_thread: ClassVar[bool] = True
+    # Image decoding and mask encoding take milliseconds: off the event loop. A table row or a
+    # softmax over two classes takes microseconds: a thread hop would cost more than the work.
+    preprocess_in_thread: ClassVar[bool] = True
+    postprocess_in_thread: ClassVar[bool] = True
 
     def __init__(self, settings: Settings | None = None):
         self.settings = settings or settings_for(self.name)
@@ -139,9 +140,9 @@ class RoostModel:
         return results
 
     # -- the request path, shared by every protocol -----------------------------------------------
-    async def _stage(self, stage: str, func, *args):
+    async def _stage(self, stage: str, in_thread: bool, func, *args):
         with metrics.timed(self.name, stage):
-            if self.stages_in_thread:
+            if in_thread:
                 return await asyncio.to_thread(func, *args)
             return func(*args)
 
@@ -158,9 +159,9 @@ class RoostModel:
             if isinstance(request, Preprocessed):
                 rows, request = request.rows, request.request
             else:
-                rows = await self._stage("preprocess", self.preprocess, request)
+                rows = await self._stage("preprocess", self.preprocess_in_thread, self.preprocess, request)
             outputs = await self.batcher.submit(rows, deadline)
-            result = await self._stage("postprocess", self.postprocess, outputs, request)
+            result = await self._stage("postprocess", self.postprocess_in_thread, self.postprocess, outputs, request)
             outcome = "ok"
             return result
         except Exception as exc:

@@ -87,7 +87,7 @@ def _validation_field(exc: ValidationError, index: int | None) -> tuple[str, str
 class TabularModel(RoostModel, OipModel):
     name = "tabular"
     spec_kind = "tabular"
-    stages_in_thread = False
+    preprocess_in_thread = postprocess_in_thread = False
     oip_max_rows = MAX_BATCH_ROWS
 
     def load(self) -> "TabularModel":
