@@ -52,6 +52,14 @@ def deadline(seconds: float = 10) -> float:
     return time.monotonic() + seconds
 
 
+async def hold_a_running_batch(net: Network, b: Batcher) -> asyncio.Task:
+    """Start a one-row request (value 0) and keep its batch running until ``net.gate`` is set."""
+    net.gate.clear()
+    running = asyncio.create_task(b.submit(rows(0), deadline()))
+    await asyncio.to_thread(net.started.wait, 5)
+    return running
+
+
 def dispatched(reason: str) -> float:
     return REGISTRY.get_sample_value("roost_batches_total", {"model": "t", "reason": reason}) or 0.0
 
@@ -77,9 +85,7 @@ def test_requests_that_arrive_while_a_batch_runs_share_the_next_batch_and_get_th
     b = batcher(net, max_batch_size=32)
 
     async def go():
-        net.gate.clear()
-        first = asyncio.create_task(b.submit(rows(0), deadline()))
-        await asyncio.to_thread(net.started.wait, 5)
+        first = await hold_a_running_batch(net, b)
         others = [asyncio.create_task(b.submit(rows(i, i + 0.5), deadline())) for i in range(1, 6)]
         await asyncio.sleep(0.05)  # all five queued behind the running batch
         net.gate.set()
@@ -98,9 +104,7 @@ def test_batches_never_exceed_max_batch_size_and_full_ones_say_so():
     before = dispatched("full")
 
     async def go():
-        net.gate.clear()
-        first = asyncio.create_task(b.submit(rows(0), deadline()))
-        await asyncio.to_thread(net.started.wait, 5)
+        first = await hold_a_running_batch(net, b)
         rest = [asyncio.create_task(b.submit(rows(i), deadline())) for i in range(1, 11)]
         await asyncio.sleep(0.05)
         net.gate.set()
@@ -125,9 +129,7 @@ def test_a_full_queue_refuses_at_once_and_runs_nothing_it_refused():
     b = batcher(net, max_queue_rows=3)
 
     async def go():
-        net.gate.clear()
-        running = asyncio.create_task(b.submit(rows(0), deadline()))
-        await asyncio.to_thread(net.started.wait, 5)
+        running = await hold_a_running_batch(net, b)
         queued = asyncio.create_task(b.submit(rows(1, 2, 3), deadline()))
         await asyncio.sleep(0.01)
         start = time.monotonic()
@@ -149,9 +151,7 @@ def test_a_request_whose_deadline_passes_in_the_queue_gets_504_and_never_runs():
     b = batcher(net)
 
     async def go():
-        net.gate.clear()
-        running = asyncio.create_task(b.submit(rows(0), deadline()))
-        await asyncio.to_thread(net.started.wait, 5)
+        running = await hold_a_running_batch(net, b)
         with pytest.raises(DeadlineExceeded):
             await b.submit(rows(7), deadline(0.1))
         assert b.queued_rows == 0
@@ -168,9 +168,7 @@ def test_a_caller_that_goes_away_is_dropped_unrun():
     b = batcher(net)
 
     async def go():
-        net.gate.clear()
-        running = asyncio.create_task(b.submit(rows(0), deadline()))
-        await asyncio.to_thread(net.started.wait, 5)
+        running = await hold_a_running_batch(net, b)
         gone = asyncio.create_task(b.submit(rows(5), deadline()))
         await asyncio.sleep(0.01)
         gone.cancel()
@@ -221,9 +219,7 @@ def test_with_two_runners_a_free_runner_waits_max_latency_for_a_fuller_batch():
     before = dispatched("latency")
 
     async def go():
-        net.gate.clear()
-        first = asyncio.create_task(b.submit(rows(0), deadline()))
-        await asyncio.to_thread(net.started.wait, 5)
+        first = await hold_a_running_batch(net, b)
         start = time.monotonic()
         second = asyncio.create_task(b.submit(rows(1), deadline()))
         await asyncio.sleep(0.03)
@@ -246,9 +242,7 @@ def test_queue_depth_and_wait_are_exported():
     b = batcher(net)
 
     async def go():
-        net.gate.clear()
-        running = asyncio.create_task(b.submit(rows(0), deadline()))
-        await asyncio.to_thread(net.started.wait, 5)
+        running = await hold_a_running_batch(net, b)
         queued = asyncio.create_task(b.submit(rows(1, 2), deadline()))
         await asyncio.sleep(0.01)
         depth = REGISTRY.get_sample_value("roost_queue_rows", {"model": "t"})
