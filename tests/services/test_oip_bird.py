@@ -246,16 +246,17 @@ def server_batch_32(bundle, tmp_path_factory):
 
 
 def test_grpc_rest_and_typed_requests_share_batches(server_batch_32, spec):
-    """Each round: a 32-row request fills the batcher (max batch 32) while one 3-row request per
-    protocol - OIP gRPC, OIP REST, typed HTTP - arrives; they queue behind it together. A batch of
-    9..16 rows can only hold rows of several of those requests, so several protocols: a round
-    with exactly 2 batches, 41 rows and one batch in (8, 16] ran all three in one batch."""
+    """Each round: a 64-row request keeps the batcher busy (two full batches of 32) while one
+    3-row request per protocol - OIP gRPC, OIP REST, typed HTTP - arrives; they queue behind it
+    together. A batch of 9..16 rows can only hold rows of several of those requests, so several
+    protocols: a round with exactly 3 batches, 73 rows and one batch in (8, 16] ran all three in
+    one batch."""
     server = server_batch_32
     import tritonclient.grpc as tg
     import tritonclient.http as th
 
     pixels = np.random.default_rng(0).random((3, 3, spec.height, spec.width), dtype=np.float32)
-    blocker = np.random.default_rng(1).random((32, 3, spec.height, spec.width), dtype=np.float32)
+    blocker = np.random.default_rng(1).random((64, 3, spec.height, spec.width), dtype=np.float32)
     typed_body = {"images": [base64.b64encode(IMAGES[0]).decode()] * 3}
     errors: list[BaseException] = []
 
@@ -306,8 +307,8 @@ def test_grpc_rest_and_typed_requests_share_batches(server_batch_32, spec):
         small_mixed = (batch_bucket(after, "8.0") - batch_bucket(after, "4.0")) - (batch_bucket(before, "8.0") - batch_bucket(before, "4.0"))
         mixed_batches += mid + small_mixed  # a batch of 5..16 rows holds >= 2 of the 3-row requests
         seen.append({"batches": batches, "rows": rows, "9-16 rows": mid, "5-8 rows": small_mixed})
-        assert rows == 32 + 3 * 3, seen
-        if batches == 2 and mid == 1:
+        assert rows == 64 + 3 * 3, seen
+        if batches == 3 and mid == 1:
             all_three_together += 1
             if all_three_together >= 2:
                 break
