@@ -15,7 +15,9 @@ a batch runs. The rules:
 - **Drain.** :meth:`close` refuses new requests (:class:`Unavailable`, 503) and returns once
   everything accepted has been answered.
 
-A request larger than ``max_batch_size`` runs as its own batch(es), split by the runner.
+A request larger than ``max_batch_size`` runs as its own batch(es), split by the runner. A model
+whose batches take microseconds (a table row) runs them on the event loop (``in_thread=False``):
+the thread hop would cost more than the batch.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ class Batcher:
         max_latency_ms: float,
         max_queue_rows: int,
         runners: int = 1,
+        in_thread: bool = True,
     ):
         if max_batch_size < 1 or max_queue_rows < 1 or runners < 1:
             raise ValueError("max_batch_size, max_queue_rows and runners must be at least 1")
@@ -67,6 +70,7 @@ class Batcher:
         self.max_latency_s = max(0.0, max_latency_ms) / 1000
         self.max_queue_rows = max_queue_rows
         self.runners = runners
+        self.in_thread = in_thread  # False: batches that take microseconds run on the event loop
         self._queue: collections.deque[_Item] = collections.deque()
         self.queued_rows = 0
         self.running = 0  # batches executing now
@@ -217,7 +221,10 @@ class Batcher:
         metrics.BATCHES.labels(self.model, reason).inc()
         try:
             inputs = batch[0].rows if len(batch) == 1 else np.concatenate([item.rows for item in batch])
-            outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._execute, inputs)
+            if self.in_thread:
+                outputs = await asyncio.get_running_loop().run_in_executor(self._executor, self._execute, inputs)
+            else:
+                outputs = self._execute(inputs)
         except Exception as exc:  # noqa: BLE001 - every waiting request gets the failure
             error = exc if isinstance(exc, RoostError) else InternalError("inference failed; see the server log")
             if not isinstance(exc, RoostError):

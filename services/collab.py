@@ -93,7 +93,7 @@ class CollabModel(RoostModel, OipModel):
 
     name = "collab"
     spec_kind = "collab"
-    preprocess_in_thread = postprocess_in_thread = False
+    preprocess_in_thread = infer_in_thread = postprocess_in_thread = False  # microseconds each
     oip_max_rows = MAX_PAIRS
 
     def load(self) -> "CollabModel":

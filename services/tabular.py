@@ -87,7 +87,7 @@ def _validation_field(exc: ValidationError, index: int | None) -> tuple[str, str
 class TabularModel(RoostModel, OipModel):
     name = "tabular"
     spec_kind = "tabular"
-    preprocess_in_thread = postprocess_in_thread = False
+    preprocess_in_thread = infer_in_thread = postprocess_in_thread = False  # microseconds each
     oip_max_rows = MAX_BATCH_ROWS
 
     def load(self) -> "TabularModel":
@@ -135,7 +135,7 @@ class TabularModel(RoostModel, OipModel):
     def oip_request(self, tensors: dict[str, Tensor]) -> list[dict]:
         """Tensors -> one record (column -> raw value, None: missing) per row, validated by preprocess."""
         if not tensors:
-            raise TensorError(f"no inputs; model '{self.name}' takes {[t.name for t in self.oip_inputs()]}")
+            raise TensorError(f"no inputs; model '{self.name}' takes {list(self.oip_input_specs())}")
         check_names(self, tensors, set())
         records: list[dict] = [{} for _ in range(check_rows(self, tensors))]
         for name, tensor in tensors.items():

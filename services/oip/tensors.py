@@ -56,6 +56,14 @@ class OipModel:
     def oip_request(self, tensors: dict[str, Tensor]) -> Any:
         raise NotImplementedError
 
+    def oip_input_specs(self) -> dict[str, TensorSpec]:
+        """The declared inputs by name, built once: they follow from the loaded bundle, and every
+        request's checks read them."""
+        specs = self.__dict__.get("_oip_input_specs")
+        if specs is None:
+            specs = self.__dict__["_oip_input_specs"] = {t.name: t for t in self.oip_inputs()}
+        return specs
+
     def oip_response(self, results: Any) -> dict[str, Tensor]:
         raise NotImplementedError
 
@@ -65,7 +73,7 @@ class OipModel:
 
 def check_names(model: OipModel, tensors: dict[str, Tensor], required: set[str] | None = None) -> None:
     """Every tensor is a declared input, and every ``required`` one (default: all) came."""
-    known = {t.name for t in model.oip_inputs()}
+    known = set(model.oip_input_specs())
     unknown = sorted(set(tensors) - known)
     if unknown:
         raise TensorError(f"unknown input {unknown[0]!r}; model '{model.name}' takes {sorted(known)}")
@@ -76,7 +84,7 @@ def check_names(model: OipModel, tensors: dict[str, Tensor], required: set[str] 
 
 def check_tensor(model: OipModel, tensor: Tensor) -> int:
     """Datatype and shape against the input's spec; returns the batch size (rows)."""
-    spec = next(t for t in model.oip_inputs() if t.name == tensor.name)
+    spec = model.oip_input_specs()[tensor.name]
     allowed = (spec.datatype, *spec.accepts)
     if tensor.datatype not in allowed:
         raise TensorError(f"input '{tensor.name}': datatype {tensor.datatype}; expected {' or '.join(allowed)}")

@@ -254,3 +254,17 @@ def test_queue_depth_and_wait_are_exported():
     assert asyncio.run(go()) == 2
     assert REGISTRY.get_sample_value("roost_queue_rows", {"model": "t"}) == 0
     assert REGISTRY.get_sample_value("roost_queue_seconds_count", {"model": "t"}) == waits_before + 2
+
+
+def test_batches_that_take_microseconds_can_run_on_the_event_loop_thread():
+    threads = []
+
+    def network(batch):
+        threads.append(threading.current_thread())
+        return batch * 2
+
+    out = asyncio.run(batcher(network, in_thread=False).submit(rows(1, 2), deadline()))
+    assert out[:, 0].tolist() == [2, 4]
+    assert threads == [threading.main_thread()]
+    asyncio.run(batcher(network).submit(rows(1), deadline()))
+    assert threads[1] is not threading.main_thread()
