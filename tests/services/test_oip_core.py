@@ -15,6 +15,7 @@ from starlette.testclient import TestClient
 
 from services import metrics
 from services.bird import BirdModel
+from services.errors import Unavailable
 from services.bundle import ImageSpec
 from services.oip.core import OipCore
 from services.oip.grpc_server import GrpcServer
@@ -199,6 +200,20 @@ def test_model_errors_keep_their_status(model):
     body, headers = binary_body([("image", "BYTES", [1], bytes_raw([IMAGES[0]]))])
     r = client.post("/v2/models/bird/infer", content=body, headers=headers)
     assert r.status_code == 429 and r.headers["Retry-After"] == "1"
+
+
+def test_a_draining_model_is_not_ready_and_answers_new_requests_503(model):
+    """What SIGTERM starts: readiness false, new requests refused with Retry-After, none run."""
+    client = TestClient(create_app(lambda: OipCore(model)))
+    model.draining = True
+    assert client.get("/v2/health/ready").status_code == 503
+    assert client.get("/v2/models/bird/ready").status_code == 503
+    body, headers = binary_body([("image", "BYTES", [1], bytes_raw([IMAGES[0]]))])
+    r = client.post("/v2/models/bird/infer", content=body, headers=headers)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1" and "error" in r.json()
+    with pytest.raises(Unavailable):
+        asyncio.run(model([IMAGES[0]]))
+    assert model.runtime.calls == []
 
 
 # --- gRPC ----------------------------------------------------------------------------------------
