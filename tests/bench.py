@@ -20,7 +20,7 @@ One invocation measures, for each of --rounds rounds (default 2), on the model's
 Every server peer runs closed loops at each --concurrency (default 1, 4, 16, 64) for --seconds
 (default 10) after a warm-up: requests/s, p50/p95/p99 latency of the answered requests, errors
 (non-200 answers and exceptions), the server process tree's CPU seconds (and answered requests per
-CPU second) and peak RSS (sum over the tree, sampled every 0.2 s with psutil), and the load
+CPU second) and peak memory (PSS summed over the tree, sampled every 0.2 s with psutil), and the load
 generator's own CPU seconds. The order of the two servers alternates between rounds. The load
 generator is one asyncio loop (raw HTTP/1.1 keep-alive connections / grpc.aio) with pre-encoded request bodies; it
 shares the machine's cores with the server, which the output says.
@@ -333,7 +333,7 @@ def fastai_predict(model: str, bundle_path: Path, work: Workload, rows: int = 40
 
 
 class TreeMonitor:
-    """CPU seconds and peak RSS of a process and its descendants, sampled every `interval` s."""
+    """CPU seconds and peak memory (PSS) of a process and its descendants, sampled every `interval` s."""
 
     def __init__(self, pid: int, interval: float = 0.2):
         self.root = psutil.Process(pid)
@@ -360,7 +360,12 @@ class TreeMonitor:
                 with p.oneshot():
                     t = p.cpu_times()
                     seen[p.pid] = t.user + t.system
-                    rss += p.memory_info().rss
+                    # PSS: shared pages (libraries, the forked workers' common memory) counted once
+                    # across the tree, as a pod's cgroup counts them; RSS would count them per process.
+                    try:
+                        rss += p.memory_full_info().pss
+                    except (psutil.AccessDenied, AttributeError):
+                        rss += p.memory_info().rss
         with self.lock:
             self.cpu.update(seen)
             self.peak = max(self.peak, rss)
@@ -544,7 +549,7 @@ async def run_points(peer: str, round_no: int, target: str, work: Workload, moni
             cpu, peak = monitor.end()
         point = Point(peer, round_no, clients, ok, elapsed, latencies, errors, cpu, peak / 2**20, client_cpu, rows)
         print(f"  {peer:8s} round {round_no} c={clients:<3d} {point.rps * rows:9.1f} rows/s  p50 {point.pct(50):8.1f} ms  "
-              f"errors {errors or 0}  server CPU {cpu:.1f} s  RSS {point.peak_rss_mb:.0f} MB", file=sys.stderr, flush=True)
+              f"errors {errors or 0}  server CPU {cpu:.1f} s  PSS {point.peak_rss_mb:.0f} MB", file=sys.stderr, flush=True)
         points.append(point)
     return points
 
@@ -747,7 +752,7 @@ def report(args, bundle: Path, info: dict, results: dict, rounds: list[int], sta
         mine = sorted((p for p in points if p.peer == peer), key=lambda p: (p.clients, p.round))
         extra = f" ({mine[0].rows_per_request} rows per request; rows/s = req/s × rows)" if peer == "batch" else ""
         lines += [f"**{LABELS[peer]}**{extra}:", "",
-                  "| clients | round | req/s | p50 ms | p95 ms | p99 ms | errors | server CPU s | server CPU % of cores | req per server CPU s | peak RSS MB | client CPU s |",
+                  "| clients | round | req/s | p50 ms | p95 ms | p99 ms | errors | server CPU s | server CPU % of cores | req per server CPU s | peak PSS MB | client CPU s |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for p in mine:
             share = 100 * p.server_cpu_s / (p.seconds * int(cores)) if p.seconds else float("nan")
