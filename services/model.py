@@ -70,6 +70,7 @@ class RoostModel:
         self.batcher: Batcher | None = None
         self.draining = False
         self.in_flight = 0
+        self._in_flight_gauge = metrics.IN_FLIGHT.labels(self.name)  # read twice per request
 
     # -- load --------------------------------------------------------------------------------
     def load(self) -> "RoostModel":
@@ -82,7 +83,7 @@ class RoostModel:
             )
         self.spec = self.bundle.spec
         self.attach(load_runtime(self.bundle, s.runtime, s.device, s.ort_threads))
-        metrics.IN_FLIGHT.labels(self.name).set(0)  # exported from the start: autoscalers read it
+        self._in_flight_gauge.set(0)  # exported from the start: autoscalers read it
         metrics.MODEL_INFO.labels(
             self.name, self.bundle.version, self.runtime.name, self.bundle.manifest.arch, self.runtime.device
         ).set(1)
@@ -153,7 +154,7 @@ class RoostModel:
         deadline = time.monotonic() + self.settings.timeout_s
         outcome = "error"
         self.in_flight += 1
-        metrics.IN_FLIGHT.labels(self.name).inc()
+        self._in_flight_gauge.inc()
         try:
             if not self.ready:
                 metrics.REJECTED.labels(self.name, "not_ready").inc()
@@ -174,7 +175,7 @@ class RoostModel:
             raise error from None
         finally:
             self.in_flight -= 1
-            metrics.IN_FLIGHT.labels(self.name).dec()
+            self._in_flight_gauge.dec()
             metrics.REQUESTS.labels(self.name, protocol, outcome).inc()
 
     async def drain(self, timeout: float) -> None:
