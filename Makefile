@@ -7,6 +7,7 @@ PORT ?= 3000
 GRPC_PORT ?= 8001
 TRAIN_ARGS ?=
 BENCH_ARGS ?=
+RECORD ?=
 MODELS := bird segment tabular collab
 
 export BENTOML_DO_NOT_TRACK := True
@@ -33,8 +34,9 @@ train-all: $(addprefix train-,$(MODELS))
 $(addprefix serve-,$(MODELS)): serve-%: setup
 	ROOST_ARTIFACTS=$(ARTIFACTS) ROOST_GRPC_PORT=$(GRPC_PORT) .venv/bin/bentoml serve services.$*:$(shell echo $* | sed "s/./\U&/") --host 127.0.0.1 --port $(PORT)
 
+# Results go to bench-results/ (git-ignored); RECORD=1 also appends them to docs/benchmarks.md.
 $(addprefix bench-,$(MODELS)): bench-%: setup
-	$(PY) -m tests.bench $* --artifacts $(ARTIFACTS) $(BENCH_ARGS)
+	$(PY) -m tests.bench $* --artifacts $(ARTIFACTS) $(if $(filter 1,$(RECORD)),--record) $(BENCH_ARGS)
 
 bench: $(addprefix bench-,$(MODELS))
 

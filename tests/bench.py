@@ -28,8 +28,10 @@ shares the machine's cores with the server, which the output says.
     python -m tests.bench bird --rounds 1 --seconds 2 --out /tmp/bench.md     # a smoke run
     make bench-bird BENCH_ARGS="--workers 2"                                   # 2 workers x 1 ORT thread
     make bench-tabular BENCH_ARGS="--only typed,baseline --concurrency 4,16"
+    make bench-bird RECORD=1                                                   # also append to docs/benchmarks.md
 
-The markdown section is printed and appended to --out (default docs/benchmarks.md).
+The markdown section is printed and written to --out (default bench-results/<model>-<UTC time>.md, an
+ignored folder, so a try leaves the tree clean); --record (RECORD=1) also appends it to docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -811,6 +813,19 @@ def write(out: Path, text: str) -> None:
     out.write_text(old.rstrip("\n") + "\n" + text.rstrip("\n") + "\n")
 
 
+RESULTS_DIR = ROOT / "bench-results"  # git-ignored
+RECORD_FILE = ROOT / "docs" / "benchmarks.md"
+
+
+def output_paths(model: str, out: Path | None, record: bool, now: dt.datetime) -> list[Path]:
+    """Where a run's section goes: --out, else a fresh file under bench-results/; plus the tracked
+    docs/benchmarks.md only when recording."""
+    paths = [out or RESULTS_DIR / f"{model}-{now.strftime('%Y%m%d-%H%M%S')}.md"]
+    if record and all(p.resolve() != RECORD_FILE for p in paths):
+        paths.append(RECORD_FILE)
+    return paths
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -824,7 +839,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="ROOST_WORKERS (and uvicorn workers of the baseline)")
     parser.add_argument("--ort-threads", type=int, default=0, help="ORT threads per worker (default: cores / workers)")
     parser.add_argument("--only", default=",".join(PEERS), help=f"comma-separated subset of {','.join(PEERS)}")
-    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--out", type=Path, help="write the section here (default: bench-results/<model>-<time>.md)")
+    parser.add_argument("--record", action="store_true", help="also append the section to docs/benchmarks.md")
     args = parser.parse_args(argv)
     args.concurrency = [int(c) for c in args.concurrency.split(",") if c.strip()]
     args.only = {p.strip() for p in args.only.split(",") if p.strip()}
@@ -845,8 +861,9 @@ def main(argv: list[str] | None = None) -> None:
             run_round(args, r, bundle, work, Path(tmp), results)
     text = report(args, bundle, info, results, rounds, started, time.perf_counter() - t0)
     print(text)
-    write(args.out, text)
-    print(f"appended to {args.out}", file=sys.stderr)
+    for path in output_paths(args.model, args.out, args.record, started):
+        write(path, text)
+        print(f"appended to {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
