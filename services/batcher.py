@@ -10,8 +10,10 @@ a batch runs. The rules:
 - With more than one runner, a free runner that sees another batch running waits up to
   ``max_latency_ms`` (from the oldest queued row's arrival) for a fuller batch.
 - **Bounded.** A request that would take the queue past ``max_queue_rows`` is refused at once
-  (:class:`Overloaded`, 429). A request whose deadline passes while it is queued is answered
-  :class:`DeadlineExceeded` (504) and never run; one whose caller went away is dropped unrun.
+  (:class:`Overloaded`, 429). A request still queued after ``max_queue_wait_ms`` (the model's
+  latency target) is answered :class:`QueueTimeout` (503 + Retry-After), one still queued at its
+  deadline :class:`DeadlineExceeded` (504); neither is ever run. One whose caller went away is
+  dropped unrun.
 - **Drain.** :meth:`close` refuses new requests (:class:`Unavailable`, 503) and returns once
   everything accepted has been answered.
 
@@ -32,7 +34,7 @@ from typing import Callable
 import numpy as np
 
 from services import metrics
-from services.errors import DeadlineExceeded, InternalError, Overloaded, RoostError, Unavailable
+from services.errors import DeadlineExceeded, InternalError, Overloaded, QueueTimeout, RoostError, Unavailable
 
 log = logging.getLogger("roost.batcher")
 
@@ -40,14 +42,21 @@ RunBatch = Callable[[np.ndarray], np.ndarray]
 
 
 class _Item:
-    __slots__ = ("rows", "future", "deadline", "enqueued", "done")
+    __slots__ = ("rows", "future", "deadline", "leave_queue_by", "enqueued", "done")
 
-    def __init__(self, rows: np.ndarray, future: asyncio.Future, deadline: float):
+    def __init__(self, rows: np.ndarray, future: asyncio.Future, deadline: float, max_wait_s: float):
         self.rows = rows
         self.future = future
         self.deadline = deadline
         self.enqueued = time.monotonic()
+        self.leave_queue_by = min(deadline, self.enqueued + max_wait_s)
         self.done = False  # taken into a batch, expired or abandoned: no longer counts as queued
+
+    def expired(self) -> RoostError:
+        """Why this item left the queue unrun: its deadline, or the queue's wait limit."""
+        if self.leave_queue_by < self.deadline:
+            return QueueTimeout("waited longer than the model's latency target in its queue; retry shortly")
+        return DeadlineExceeded("no answer within the request's deadline")
 
 
 class Batcher:
@@ -59,6 +68,7 @@ class Batcher:
         max_batch_size: int,
         max_latency_ms: float,
         max_queue_rows: int,
+        max_queue_wait_ms: float = float("inf"),
         runners: int = 1,
         in_thread: bool = True,
     ):
@@ -69,6 +79,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_latency_s = max(0.0, max_latency_ms) / 1000
         self.max_queue_rows = max_queue_rows
+        self.max_queue_wait_s = max_queue_wait_ms / 1000
         self.runners = runners
         self.in_thread = in_thread  # False: batches that take microseconds run on the event loop
         self._queue: collections.deque[_Item] = collections.deque()
@@ -97,19 +108,26 @@ class Batcher:
                 f"the model's queue is full ({self.queued_rows} of {self.max_queue_rows} rows waiting); retry shortly"
             )
         self._ensure_started()
-        item = _Item(rows, asyncio.get_running_loop().create_future(), deadline)
+        item = _Item(rows, asyncio.get_running_loop().create_future(), deadline, self.max_queue_wait_s)
         self._queue.append(item)
         self._set_queued(self.queued_rows + n)
         self._unanswered += 1
         self._idle.clear()
         self._wakeup.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, deadline - time.monotonic()))
-        except asyncio.TimeoutError:
-            if not item.done:  # still queued: never run it
-                self._drop(item)
-            metrics.REJECTED.labels(self.model, "timeout").inc()
-            raise DeadlineExceeded("no answer within the request's deadline") from None
+            try:
+                return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, item.leave_queue_by - time.monotonic()))
+            except asyncio.TimeoutError:
+                if not item.done:  # still queued: never run it
+                    self._drop(item)
+                    error = item.expired()
+                    metrics.REJECTED.labels(self.model, error.reject_reason).inc()
+                    raise error from None
+            try:  # it is running: wait for its batch until the request's deadline
+                return await asyncio.wait_for(asyncio.shield(item.future), max(0.0, item.deadline - time.monotonic()))
+            except asyncio.TimeoutError:
+                metrics.REJECTED.labels(self.model, "timeout").inc()
+                raise DeadlineExceeded("no answer within the request's deadline") from None
         except asyncio.CancelledError:  # the caller went away (client disconnected)
             if not item.done:
                 self._drop(item)
@@ -170,11 +188,13 @@ class Batcher:
             if item.done:
                 self._queue.popleft()
                 continue
-            if item.deadline <= now:
+            if item.leave_queue_by <= now:
                 self._queue.popleft()
                 self._drop(item)
                 if not item.future.done():
-                    item.future.set_exception(DeadlineExceeded("no answer within the request's deadline"))
+                    error = item.expired()
+                    metrics.REJECTED.labels(self.model, error.reject_reason).inc()
+                    item.future.set_exception(error)
                 continue
             return item
         return None

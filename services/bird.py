@@ -18,7 +18,7 @@ from services.model import ModelService, Preprocessed, roost_service, RoostModel
 from services.oip.codec import Tensor
 from services.oip.tensors import OipModel, check_pixels, classifier_outputs, classifier_tensors, elements
 from services.oip.tensors import image_inputs, image_or_pixels
-from services.preprocessing import decode_base64, decode_image, image_tensor
+from services.preprocessing import PixelBudget, decode_base64, decode_image, image_tensor
 from services.registry import MODELS
 from services.upload import UploadedFile
 
@@ -39,11 +39,11 @@ class BirdModel(RoostModel, OipModel):
     oip_max_rows = MAX_BATCH_ITEMS  # as /predict_batch
 
     def preprocess(self, images: list[bytes | str]) -> np.ndarray:
-        rows = []
+        rows, budget = [], PixelBudget(self.settings.max_request_pixels)
         for i, item in enumerate(images):
             field = "image" if len(images) == 1 and isinstance(item, bytes) else f"images[{i}]"
             data = decode_base64(item, field) if isinstance(item, str) else item
-            rows.append(image_tensor(decode_image(data, field), self.spec))
+            rows.append(image_tensor(decode_image(data, field, budget), self.spec))
         return np.stack(rows)
 
     def postprocess(self, logits: np.ndarray, images) -> list[BirdPrediction]:

@@ -65,6 +65,7 @@ class DeadlineExceeded(RoostError):
     status = 504
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
     outcome = "rejected"
+    reject_reason = "timeout"
 
 
 class Unavailable(RoostError):
@@ -74,6 +75,12 @@ class Unavailable(RoostError):
     grpc_code = grpc.StatusCode.UNAVAILABLE
     outcome = "rejected"
     retry_after = 1
+
+
+class QueueTimeout(Unavailable):
+    """Queued longer than the model's latency target: shed unrun, so what is accepted stays fast."""
+
+    reject_reason = "queue_timeout"
 
 
 class InternalError(RoostError):

@@ -13,9 +13,35 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import sys
 import tempfile
 
 _patched = False
+_folder: str | None = None
+
+
+def serve_folder() -> str:
+    """This serve process's private (0700) folder: the arbiter's sockets, and the file a worker
+    that cannot serve writes its reason to (services/startup.py). Made once, before the workers'
+    environment is copied, and removed at exit."""
+    global _folder
+    if _folder is None:
+        from services.startup import FATAL_FILE_ENV, worker_failure
+
+        folder = _folder = tempfile.mkdtemp(prefix="roost-serve-")
+        owner = os.getpid()
+        fatal_file = os.environ[FATAL_FILE_ENV] = f"{folder}/fatal"  # workers inherit it
+
+        def at_exit():
+            if os.getpid() == owner:
+                failure = worker_failure(fatal_file)
+                shutil.rmtree(folder, ignore_errors=True)
+                if failure:  # a worker could not serve: say why, and exit non-zero
+                    print(failure, file=sys.stderr, flush=True)
+                    os._exit(3)
+
+        atexit.register(at_exit)
+    return _folder
 
 
 def private_arbiter_sockets() -> None:
@@ -25,9 +51,7 @@ def private_arbiter_sockets() -> None:
     from bentoml._internal.utils import circus
 
     def create_arbiter(watchers, *, threaded: bool = False, **kwargs):
-        folder = tempfile.mkdtemp(prefix="roost-arbiter-")  # mode 0700: only this user
-        owner = os.getpid()
-        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+        folder = serve_folder()
         arbiter_cls = circus.ThreadedArbiter if threaded else circus.Arbiter
         return arbiter_cls(
             watchers,

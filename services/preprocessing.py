@@ -37,20 +37,40 @@ def decode_base64(data: str, field: str) -> bytes:
         raise InputError(field, "is not valid base64") from None
 
 
-def decode_image(data: bytes, field: str = "image") -> Image.Image:
+class PixelBudget:
+    """The decoded pixels one request may still spend (its images together), checked from each
+    image's header before the image is decoded."""
+
+    def __init__(self, limit: int):
+        self.limit = self.left = limit
+
+    def spend(self, field: str, width: int, height: int) -> None:
+        if width * height > self.left:
+            raise InputError(
+                field, f"is {width}x{height}: the request's images pass its limit of {self.limit:,} decoded pixels", status=413
+            )
+        self.left -= width * height
+
+
+def decode_image(data: bytes, field: str = "image", budget: PixelBudget | None = None) -> Image.Image:
     """Encoded image file -> RGB PIL image, as fastai's PILImage.create does (no EXIF rotation)."""
     if not data:
         raise InputError(field, "is empty; send an encoded image file (JPEG, PNG, ...)")
     if len(data) > MAX_IMAGE_BYTES:
         raise InputError(field, f"is {len(data)} bytes; the limit is {MAX_IMAGE_BYTES}", status=413)
+    too_many = f"has too many pixels (the limit is {MAX_IMAGE_PIXELS:,} per image)"
     try:
         img = Image.open(io.BytesIO(data))
         if img.width * img.height > MAX_IMAGE_PIXELS:
-            raise InputError(field, f"is {img.width}x{img.height}; too many pixels", status=413)
+            raise InputError(field, f"is {img.width}x{img.height}: {too_many}", status=413)
+        if budget is not None:
+            budget.spend(field, img.width, img.height)
         img.load()
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except Image.DecompressionBombError:  # past Pillow's own limit, found while opening
+        raise InputError(field, too_many, status=413) from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise InputError(field, "is not a readable image (JPEG, PNG, GIF, BMP, WebP, TIFF ...)") from None
     return img.convert("RGB")
 
@@ -176,7 +196,8 @@ class TabularEncoder:
                     raise InputError(self._field(name, r, n, where), f"must be a number, got {value!r}", status=422) from None
                 if x != x or x in (float("inf"), float("-inf")):
                     raise InputError(self._field(name, r, n, where), "must be a finite number", status=422)
-                conts[r, j] = x  # fastai holds continuous columns as float32
+                with np.errstate(over="ignore"):
+                    conts[r, j] = x  # fastai holds continuous columns as float32 (inf if too large: see below)
                 missing[name] = False
             for j, name in enumerate(self.cat_names):
                 if name in self.indicators:
@@ -184,8 +205,12 @@ class TabularEncoder:
                 else:
                     value = self.category(record.get(name))
                     out[r, j] = 0 if value is None else self.index[name].get(value, 0)
-        normalized = (conts.astype(np.float64) - self.means) / self.stds
-        out[:, len(self.cat_names):] = normalized.astype(np.float32)
+        normalized = ((conts.astype(np.float64) - self.means) / self.stds).astype(np.float32)
+        if not np.isfinite(normalized).all():  # e.g. 1e308: finite in JSON, infinite in float32
+            r, j = np.argwhere(~np.isfinite(normalized))[0]
+            name = self.cont_names[j]
+            raise InputError(self._field(name, r, n, where), f"{records[r].get(name)!r} is too large for the model", status=422)
+        out[:, len(self.cat_names):] = normalized
         return out
 
 

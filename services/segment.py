@@ -36,12 +36,13 @@ from services import metrics
 from services.model import ModelService, Preprocessed, roost_service, RoostModel
 from services.oip.codec import Tensor, TensorError
 from services.oip.tensors import OipModel, TensorSpec, check_pixels, elements, image_inputs, image_or_pixels
-from services.preprocessing import InputError, decode_base64, decode_image, mask_to_size, segmentation_tensor
+from services.preprocessing import InputError, PixelBudget, decode_base64, decode_image, mask_to_size, segmentation_tensor
 from services.registry import MODELS
 from services.upload import UploadedFile
 
 MAX_BATCH_ITEMS = MODELS["segment"].max_request_rows
 FORMATS = ("png", "raw")
+MAX_RAW_MASK_PIXELS = 1_000_000  # format=raw answers JSON rows of ints (~3 bytes a pixel), serialized on the event loop
 
 
 class SegmentPrediction(BaseModel):
@@ -118,6 +119,17 @@ def decode_mask_png(data: bytes | str) -> np.ndarray:
     return np.asarray(img, dtype=np.uint8)
 
 
+def raw_masks(results: list[SegmentPrediction]) -> list[SegmentPrediction]:
+    """The results with their masks as rows of ints (format=raw), within MAX_RAW_MASK_PIXELS."""
+    pixels = sum(r.width * r.height for r in results)
+    if pixels > MAX_RAW_MASK_PIXELS:
+        raise InputError(
+            "format", f"'raw' answers at most {MAX_RAW_MASK_PIXELS:,} mask pixels per request (this one has {pixels:,}); "
+            "use format=png, whose mask holds the same class indices", status=413,
+        )
+    return [r.with_raw_mask() for r in results]
+
+
 def check_format(value: str | None) -> str:
     value = (value or "png").strip().lower()
     if value not in FORMATS:
@@ -151,11 +163,11 @@ class SegmentModel(RoostModel, OipModel):
         """Images -> float32 [N, 3, H, W] at the training size (spec.height x spec.width)."""
         if len(images) == 0:
             raise InputError("images", "is empty; send at least one image")
-        rows, sizes = [], []
+        rows, sizes, budget = [], [], PixelBudget(self.settings.max_request_pixels)
         for i, item in enumerate(images):
             field = "image" if len(images) == 1 and isinstance(item, bytes) else f"images[{i}]"
             data = decode_base64(item, field) if isinstance(item, str) else item
-            img = decode_image(data, field)
+            img = decode_image(data, field, budget)
             sizes.append(img.size)
             rows.append(segmentation_tensor(img, self.spec))
         if isinstance(images, Images):
@@ -246,7 +258,7 @@ class Segment(ModelService):
         """Segment one uploaded image file (multipart form field `image`; `format` as a form field or query parameter)."""
         fmt = check_format(ctx.request.query_params.get("format") or format)
         result = (await self.model([image]))[0]
-        return result.with_raw_mask() if fmt == "raw" else result
+        return raw_masks([result])[0] if fmt == "raw" else result
 
     @bentoml.api(route="/predict_batch")
     async def predict_batch(
@@ -257,4 +269,4 @@ class Segment(ModelService):
         """Segment several base64-encoded images in one request (they share the batch)."""
         fmt = check_format(format)
         results = await self.model(images)
-        return [r.with_raw_mask() for r in results] if fmt == "raw" else results
+        return raw_masks(results) if fmt == "raw" else results

@@ -79,17 +79,22 @@ class Settings:
     bundle: Path | None  # an explicit bundle folder (ROOST_BUNDLE_<MODEL> or ROOST_BUNDLE)
     artifacts: Path  # else the newest bundle under artifacts/<model>/
     runtime: str  # "onnx" (default) or "fastai"
+    trusted_key: str | None  # Ed25519 public key (PEM file or text): only bundles it signed are served
     device: str  # "auto", "cpu" or "cuda"
     workers: int  # worker processes, each with its own runtime session and batcher
     max_batch_size: int
     max_latency_ms: float
     max_queue_rows: int  # rows waiting per worker before 429
+    max_in_flight: int  # requests admitted per worker (body not yet read counts) before 429
+    max_queue_wait_ms: float  # queued longer than this: 503 + Retry-After, never run
+    drain_s: float  # after SIGTERM: answer new work 503 (Connection: close) this long, then stop
     timeout_s: float  # a request's deadline
     ort_threads: int  # onnxruntime intra-op threads per worker
     grpc_port: int  # 0: no gRPC server
     grpc_host: str
     grpc_grace_s: float
-    max_body_bytes: int  # OIP REST body and gRPC message limit
+    max_body_bytes: int  # request body limit on every route; the gRPC message limit
+    max_request_pixels: int  # decoded image pixels per request
 
     def bundle_path(self) -> Path:
         return self.bundle if self.bundle else find_latest(self.artifacts, self.model)
@@ -107,15 +112,20 @@ def settings_for(model: str) -> Settings:
         bundle=Path(bundle) if bundle else None,
         artifacts=Path(_raw("ROOST_ARTIFACTS") or "artifacts"),
         runtime=_choice("ROOST_RUNTIME", "onnx", ("onnx", "fastai")),
+        trusted_key=_raw("ROOST_TRUSTED_KEY"),
         device=device,
         workers=workers,
         max_batch_size=_int("ROOST_MAX_BATCH_SIZE", facts.max_batch_size, minimum=1),
         max_latency_ms=_float("ROOST_MAX_LATENCY_MS", facts.max_latency_ms),
         max_queue_rows=_int("ROOST_MAX_QUEUE", facts.max_queue_rows, minimum=1),
+        max_in_flight=_int("ROOST_MAX_IN_FLIGHT", facts.max_in_flight, minimum=1),
+        max_queue_wait_ms=_float("ROOST_MAX_QUEUE_WAIT_MS", facts.max_queue_wait_ms, minimum=1),
+        drain_s=_float("ROOST_DRAIN_S", 1.0),
         timeout_s=_float("ROOST_TIMEOUT_S", facts.timeout_s, minimum=0.001),
         ort_threads=_int("ROOST_ORT_THREADS", 0) or max(1, cores() // workers),
         grpc_port=_int("ROOST_GRPC_PORT", 0),
         grpc_host=_raw("ROOST_GRPC_HOST") or http_host() or "127.0.0.1",
         grpc_grace_s=_float("ROOST_GRPC_GRACE_S", 10.0),
-        max_body_bytes=int(_float("ROOST_OIP_MAX_BODY_MB", 256, minimum=0.001) * (1 << 20)),
+        max_body_bytes=int(_float("ROOST_MAX_BODY_MB", facts.max_body_mb, minimum=0.001) * (1 << 20)),
+        max_request_pixels=_int("ROOST_MAX_REQUEST_PIXELS", facts.max_request_pixels),
     )

@@ -98,3 +98,27 @@ def learner_of(bundle_of):
 def bird_bundle(bundle_of) -> Path:
     """One quick bird model per test session, trained on a real subset of the shared photos."""
     return bundle_of("bird")
+
+
+@pytest.fixture(scope="session")
+def signing_keys(tmp_path_factory) -> tuple[Path, Path]:
+    """(private, public) Ed25519 PEM files made for this test session."""
+    from services.signing import keygen
+
+    return keygen(tmp_path_factory.mktemp("keys"))
+
+
+@pytest.fixture
+def signed_copy(signing_keys, tmp_path):
+    """signed_copy(bundle) -> (a signed copy of the bundle, the env that trusts its key)."""
+    import shutil
+
+    from services.signing import sign
+
+    def make(bundle: Path) -> tuple[Path, dict]:
+        copy = tmp_path / f"signed-{bundle.parent.name}"
+        shutil.copytree(bundle, copy)
+        sign(copy, signing_keys[0])
+        return copy, {"ROOST_TRUSTED_KEY": str(signing_keys[1])}
+
+    return make

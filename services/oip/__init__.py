@@ -14,6 +14,7 @@ stops (accepted RPCs get ``ROOST_GRPC_GRACE_S``) and the batcher drains.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
@@ -37,20 +38,25 @@ def find_model(instance):
     return found[0]
 
 
-def stop_taking_requests_on_sigterm(model) -> None:
-    """Wrap the server's SIGTERM handler (uvicorn's): first mark the model draining, so readiness
-    goes false and requests arriving on open connections get 503, then let uvicorn stop
-    listening and finish what it accepted."""
+def stop_taking_requests_on_sigterm(model, loop) -> None:
+    """Wrap the server's SIGTERM handler (uvicorn's). First the model drains: readiness goes false,
+    new work is answered 503 + Retry-After and every answer carries ``Connection: close`` (so no
+    keep-alive client sends into a connection about to close); ``ROOST_DRAIN_S`` later uvicorn stops
+    listening and finishes what it accepted. A second SIGTERM stops at once."""
     if threading.current_thread() is not threading.main_thread():
         return
     server_handler = signal.getsignal(signal.SIGTERM)
 
-    def drain_then_stop(sig, frame):
-        if not model.draining:
-            log.info("SIGTERM: %s stops taking requests and answers the %d in flight", model.name, model.in_flight)
-        model.draining = True
+    def stop(sig, frame):
         if callable(server_handler):
             server_handler(sig, frame)
+
+    def drain_then_stop(sig, frame):
+        if model.draining:
+            return stop(sig, frame)
+        log.info("SIGTERM: %s drains for %g s, answering the %d in flight", model.name, model.settings.drain_s, model.in_flight)
+        model.draining = True
+        loop.call_soon_threadsafe(loop.call_later, model.settings.drain_s, stop, sig, frame)
 
     signal.signal(signal.SIGTERM, drain_then_stop)
 
@@ -74,7 +80,7 @@ def with_oip(service):
         core = OipCore(model)
         state["core"] = core
         settings = model.settings
-        stop_taking_requests_on_sigterm(model)
+        stop_taking_requests_on_sigterm(model, asyncio.get_running_loop())
         server = None
         if settings.grpc_port:
             server = GrpcServer(
@@ -84,7 +90,12 @@ def with_oip(service):
                 max_message_bytes=settings.max_body_bytes,
                 reuse_port=settings.workers > 1,
             )
-            await server.start()
+            try:
+                await server.start()
+            except RuntimeError as exc:  # e.g. the port was taken after the serve process checked it
+                from services.startup import fatal
+
+                fatal(model.name, exc)
         try:
             yield
         finally:

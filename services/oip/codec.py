@@ -135,6 +135,8 @@ def deserialize_bytes(buffer: bytes | memoryview, count: int, name: str = "tenso
             raise TensorError(f"input '{name}': BYTES element {len(items)} claims {length} bytes; fewer remain")
         items.append(bytes(view[offset : offset + length]))
         offset += length
+        if len(items) > count:
+            raise TensorError(f"input '{name}': BYTES data holds more than {count} elements; its shape needs {count}")
     if len(items) != count:
         raise TensorError(f"input '{name}': BYTES data holds {len(items)} elements; its shape needs {count}")
     out = np.empty(len(items), dtype=object)
@@ -170,21 +172,37 @@ def to_raw(tensor: Tensor) -> bytes:
 # --- JSON data --------------------------------------------------------------------------------
 
 
-def _flatten(data: Any, out: list) -> None:
-    if isinstance(data, (list, tuple)):
-        for item in data:
-            _flatten(item, out)
-    else:
-        out.append(data)
+MAX_NESTING = 32
+
+
+def _flatten(name: str, data: Any, count: int) -> list:
+    """Nested lists -> flat elements, stopping as soon as there are more than ``count`` or the
+    nesting is deeper than any tensor's: a small body must not buy a long walk."""
+    if isinstance(data, list) and len(data) > count:
+        raise TensorError(f"input '{name}': more than {count} elements; its shape needs {count}")
+    out: list = []
+    stack = [iter(data if isinstance(data, (list, tuple)) else [data])]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, (list, tuple)):
+                if len(stack) >= MAX_NESTING:
+                    raise TensorError(f"input '{name}': data is nested deeper than {MAX_NESTING} levels")
+                stack.append(iter(item))
+                break
+            out.append(item)
+            if len(out) > count:
+                raise TensorError(f"input '{name}': more than {count} elements; its shape needs {count}")
+        else:
+            stack.pop()
+    return out
 
 
 def from_list(name: str, datatype: str, shape: Iterable[Any], data: Any) -> Tensor:
     """Typed elements (JSON "data", flat or nested; protobuf contents) -> a tensor."""
     dtype = check_datatype(name, datatype)
     dims = check_shape(name, shape)
-    flat: list = []
-    _flatten(data, flat)
     count = math.prod(dims)
+    flat = _flatten(name, data, count)
     if len(flat) != count:
         raise TensorError(f"input '{name}': {len(flat)} elements; shape {list(dims)} needs {count}")
     if datatype == "BYTES":
@@ -232,10 +250,12 @@ def from_contents(name: str, datatype: str, shape: Iterable[Any], contents) -> T
         if len(getattr(contents, other)):
             raise TensorError(f"input '{name}': {datatype} data belongs in contents.{field_name}, not {other}")
     values = getattr(contents, field_name)
-    if datatype == "BYTES":
-        return from_list(name, datatype, shape, list(values))
     dims = check_shape(name, shape)
     count = math.prod(dims)
+    if len(values) != count:
+        raise TensorError(f"input '{name}': {len(values)} elements; shape {list(dims)} needs {count}")
+    if datatype == "BYTES":
+        return from_list(name, datatype, dims, list(values))
     if len(values) != count:
         raise TensorError(f"input '{name}': {len(values)} elements; shape {list(dims)} needs {count}")
     try:

@@ -80,6 +80,10 @@ class Servicer:
         core = self.core
         try:
             core.resolve(request.model_name, request.model_version or None)
+            core.model.admit(PROTOCOL)
+        except RoostError as exc:
+            await self._abort(context, exc)
+        try:
             try:
                 inputs, raw = decode_inputs(request)
             except TensorError:
@@ -92,6 +96,8 @@ class Servicer:
         except Exception:  # a bug, not the client's fault: log it, answer INTERNAL (not UNKNOWN)
             log.exception("ModelInfer failed")
             await context.abort(grpc.StatusCode.INTERNAL, "inference failed; see the server log")
+        finally:
+            core.model.release()
         response = pb.ModelInferResponse(
             model_name=core.model.name, model_version=core.model.version, id=request.id
         )

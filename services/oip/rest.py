@@ -10,6 +10,7 @@ Request bodies may be gzip or deflate encoded (``Content-Encoding``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import zlib
@@ -27,6 +28,7 @@ from services.oip.core import OipCore, oip_status
 log = logging.getLogger("roost.oip.rest")
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+PARSE_IN_THREAD_BYTES = 64 * 1024
 PROTOCOL = "oip_rest"
 
 
@@ -72,6 +74,8 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, l
         request = json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise TensorError(f"request is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise TensorError("request JSON is nested too deeply") from None
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise TensorError("request must be a JSON object with an 'inputs' list")
     inputs: list[Tensor] = []
@@ -112,6 +116,11 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[dict, l
             binary_flags[o["name"]] = bool(_param(o.get("parameters"), "binary_data", default_binary))
     binary_flags["*"] = default_binary
     return request, inputs, requested, binary_flags
+
+
+def read_infer_request(body: bytes, encoding: str, header_length: str | None, max_bytes: int):
+    """A raw infer body (maybe gzip/deflate) -> what :func:`parse_infer_request` returns."""
+    return parse_infer_request(_decompress(body, encoding, max_bytes), header_length)
 
 
 def encode_infer_response(core: OipCore, request: dict, outputs: list[Tensor], binary_flags: dict[str, bool]) -> Response:
@@ -183,16 +192,16 @@ def create_app(get_core: Callable[[], OipCore | None], lifespan=None) -> Starlet
         try:
             core = core_or_503()
             core.resolve(p["name"], p.get("version"))  # 404 before reading a body
-            limit = core.model.settings.max_body_bytes
-            declared = request.headers.get("content-length")
-            if declared and declared.isdigit() and int(declared) > limit:
-                raise InvalidInput(None, f"request body is {declared} bytes; the limit is {limit}", status=413)
+            limit = core.model.settings.max_body_bytes  # RequestGuard held the raw body to it
             body = await request.body()
-            if len(body) > limit:
-                raise InvalidInput(None, f"request body is {len(body)} bytes; the limit is {limit}", status=413)
             try:
-                body = _decompress(body, request.headers.get("content-encoding", ""), limit)
-                parsed, inputs, requested, binary_flags = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
+                args = (body, request.headers.get("content-encoding", ""), request.headers.get(HEADER_LENGTH), limit)
+                # A large body takes milliseconds to inflate and parse: off the event loop that answers
+                # health checks. (A compressed body is small and may inflate to the limit.)
+                big = len(body) > PARSE_IN_THREAD_BYTES or "content-encoding" in request.headers
+                parsed, inputs, requested, binary_flags = (
+                    await asyncio.to_thread(read_infer_request, *args) if big else read_infer_request(*args)
+                )
             except RoostError:
                 core.count_client_error(PROTOCOL)
                 raise

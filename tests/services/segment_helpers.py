@@ -3,7 +3,6 @@ SegmentModel wired to a runtime without BentoML. (The quick bundle: bundle_of("s
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 from tests.conftest import SHARED
@@ -20,8 +19,6 @@ def camvid_images(n: int = 6, unseen: bool = True) -> list[Path]:
 
 def in_process_model(bundle: Path, runtime: str = "onnx"):
     """SegmentModel exactly as the service builds it: runtime and batcher in-process."""
-    from services.segment import SegmentModel
-    from services.settings import settings_for
+    from tests.in_process import in_process_model as build
 
-    settings = dataclasses.replace(settings_for("segment"), bundle=Path(bundle), runtime=runtime)
-    return SegmentModel(settings=settings).load()
+    return build("segment", bundle, runtime)

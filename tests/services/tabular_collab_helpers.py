@@ -5,7 +5,6 @@ bundle_of / learner_of, tests/conftest.py.)"""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
 
 from tests.conftest import SHARED
@@ -16,14 +15,9 @@ RATINGS_CSV = SHARED / "fastai_samples" / "movie_lens_sample" / "ratings.csv"
 
 def in_process_model(model: str, bundle: Path, runtime: str = "onnx"):
     """TabularModel / CollabModel exactly as the service builds it: runtime and batcher in-process."""
-    from services.settings import settings_for
+    from tests.in_process import in_process_model as build
 
-    if model == "tabular":
-        from services.tabular import TabularModel as cls
-    else:
-        from services.collab import CollabModel as cls
-    settings = dataclasses.replace(settings_for(model), bundle=Path(bundle), runtime=runtime, ort_threads=1)
-    return cls(settings=settings).load()
+    return build(model, bundle, runtime, ort_threads=1)
 
 
 def call(model, request):

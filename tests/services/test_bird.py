@@ -3,7 +3,6 @@
 import asyncio
 import base64
 import re
-import shutil
 
 import httpx
 import numpy as np
@@ -123,8 +122,9 @@ def test_metrics_describe_stages_labels_and_model(server):
     assert httpx.get(f"{server.url}/livez").status_code == 200
 
 
-def test_fastai_runtime_serves_the_verified_pickle_with_the_same_answers(server, bird_bundle, tmp_path):
-    fastai_srv = start_server("services.bird:Bird", bird_bundle, tmp_path, {"ROOST_RUNTIME": "fastai"})
+def test_fastai_runtime_serves_the_verified_pickle_with_the_same_answers(server, bird_bundle, signed_copy, tmp_path):
+    bundle, trust = signed_copy(bird_bundle)
+    fastai_srv = start_server("services.bird:Bird", bundle, tmp_path, {"ROOST_RUNTIME": "fastai", **trust})
     try:
         for path in EXAMPLES.values():
             onnx = post_image(server.url, path).json()
@@ -136,13 +136,12 @@ def test_fastai_runtime_serves_the_verified_pickle_with_the_same_answers(server,
         fastai_srv.stop()
 
 
-def test_a_tampered_pickle_stops_the_server_from_starting(bird_bundle, tmp_path):
-    copy = tmp_path / "bundle"
-    shutil.copytree(bird_bundle, copy)
+def test_a_tampered_pickle_stops_the_server_from_starting(bird_bundle, signed_copy, tmp_path):
+    copy, trust = signed_copy(bird_bundle)
     with open(copy / "learner.pkl", "ab") as fh:
         fh.write(b"\0")
     with pytest.raises(RuntimeError, match="does not match its manifest"):
-        start_server("services.bird:Bird", copy, tmp_path, {"ROOST_RUNTIME": "fastai"}, ready_timeout=90)
+        start_server("services.bird:Bird", copy, tmp_path, {"ROOST_RUNTIME": "fastai", **trust}, ready_timeout=90)
 
 
 def test_a_full_queue_answers_429_with_retry_after(bird_bundle, tmp_path):

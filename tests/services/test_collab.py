@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 
 from services.collab import RecommendRequest, UserMovie
-from services.model import Preprocessed, RoostError
+from services.errors import RoostError
+from services.model import Preprocessed
 from tests.services.tabular_collab_helpers import RATINGS_CSV, call, in_process_model
 
 pytestmark = pytest.mark.slow

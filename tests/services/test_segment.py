@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from services.model import RoostError
+from services.errors import RoostError
 from services.segment import decode_mask_png
 from tests.server import metric_sum
 from tests.services.segment_helpers import camvid_images, in_process_model

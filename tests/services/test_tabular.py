@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from services.model import RoostError
+from services.errors import RoostError
 from services.tabular import AdultRow
 from tests.server import metric_sum
 from tests.services.tabular_collab_helpers import adult_frame, call, in_process_model, request_rows
