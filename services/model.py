@@ -216,6 +216,7 @@ def roost_service(cls):
     refused, and the Open Inference Protocol (REST under /v2, gRPC on ROOST_GRPC_PORT)."""
     import bentoml
 
+    from services.demo import with_demo
     from services.listeners import private_arbiter_sockets
     from services.oip import with_oip
     from services.validation import RefusePickle, ValidationErrorsAs422
@@ -230,7 +231,7 @@ def roost_service(cls):
         method.output_spec.media_type = method.output_spec.mime_type()
     service.add_asgi_middleware(ValidationErrorsAs422)
     service.add_asgi_middleware(RefusePickle)
-    return with_oip(service)
+    return with_demo(with_oip(service))
 
 
 class ModelService:
