@@ -107,7 +107,7 @@ class TensorInfo(_Spec):
 
 
 class DataSummary(_Spec):
-    source: str  # where the data came from, e.g. "ddgs search" or a folder
+    source: str  # where the data came from, relative to a named root: "shared datasets: bird_or_forest"
     n_items: int
     n_train: int | None = None
     n_valid: int | None = None
@@ -134,6 +134,10 @@ class Manifest(_Spec):
     onnx_opset: int
     export_parity: dict[str, float]  # e.g. {"max_abs_diff": 3e-7, "argmax_agreement": 1.0}
     settings: dict[str, str | int | float | bool | None] = {}
+    # The training code that wrote the bundle: its git commit, and whether training/, services/ or
+    # pyproject.toml differed from it. None: not known (no git checkout, or a bundle from before).
+    git_commit: str | None = None
+    git_dirty: bool | None = None
 
 
 # --- reading and writing ---------------------------------------------------------------------

@@ -36,7 +36,7 @@ def _torchvision_weights_available(arch_name: str) -> tuple[bool, str]:
     filename = os.path.basename(weights.url)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
     if cached.is_file():
-        return True, f"torchvision {weights} (cached at {cached})"
+        return True, f"torchvision {weights} (cached in torch hub: {filename})"
     if os.environ.get("ROOST_OFFLINE") == "1":
         return False, "ROOST_OFFLINE=1"
     try:

@@ -52,6 +52,8 @@ def train(opts: TrainOptions) -> Path:
     import torch
     from fastai.vision.all import get_image_files
 
+    from training.progress import log_progress
+
     source = bird_data(opts.data, opts.cache)
     path = source.path
     if opts.quick:
@@ -63,7 +65,7 @@ def train(opts: TrainOptions) -> Path:
 
     backbone = choose_backbone(opts.arch or "resnet18", opts.pretrained, opts.cache)
     bs = opts.bs or (QUICK_BS if opts.quick else 32)
-    learn = build_learner(path, size, backbone, bs=bs)
+    learn = log_progress(build_learner(path, size, backbone, bs=bs))
     start = time.perf_counter()
     learn.fine_tune(epochs)
     seconds = time.perf_counter() - start

@@ -69,7 +69,6 @@ def pictures(learn):
             "predicted": preds.flatten().numpy().round(4),
         })
         table.to_csv(folder / ACTUAL_VS_PREDICTED, index=False)
-        log.info("actual vs predicted for the validation set: %s", folder / ACTUAL_VS_PREDICTED)
 
     return draw
 
@@ -84,12 +83,14 @@ def train(opts: TrainOptions) -> Path:
     import pandas as pd
     import torch
 
+    from training.progress import log_progress
+
     path, source = collab_data(opts)
     csv = path / CSV_NAME
     if not csv.is_file():
         raise SystemExit(f"{csv} is missing: the collab recipe trains on ratings.csv")
     epochs = opts.epochs or (1 if opts.quick else LESSON_EPOCHS)
-    learn = build_learner(csv, bs=opts.bs)
+    learn = log_progress(build_learner(csv, bs=opts.bs))
     dls = learn.dls
     n_items = len(dls.train_ds) + len(dls.valid_ds)
     log.info("collab: %d ratings in %s (%s), fine_tune(%d)", n_items, csv, source, epochs)

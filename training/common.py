@@ -48,7 +48,6 @@ def save_figure(path: Path, draw) -> None:
     fig = getattr(result, "figure", None) or plt.gcf()
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close("all")
-    log.info("picture: %s", path)
 
 
 def normalize_stats(dls) -> tuple[list[float] | None, list[float] | None]:

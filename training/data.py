@@ -21,7 +21,28 @@ IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
 @dataclass
 class DataSource:
     path: Path
-    source: str  # in words, for the log and the manifest
+    source: str  # in words, for the log and the manifest; names no path of this machine
+
+
+def named_roots() -> list[tuple[str, Path]]:
+    """The roots a data path is recorded against, most specific first."""
+    fastai_home = Path(os.environ.get("FASTAI_HOME", Path.home() / ".fastai"))
+    return [
+        ("shared datasets", SHARED_DATASETS),
+        ("fastai data", fastai_home / "data"),
+        ("project", PROJECT_ROOT),
+        ("home", Path.home()),
+    ]
+
+
+def named(path: Path) -> str:
+    """`path` relative to a named root ("shared datasets: bird_or_forest"): a bundle travels between
+    machines, so its manifest records no absolute path."""
+    for name, root in named_roots():
+        for p, r in ((Path(path).absolute(), root.absolute()), (Path(path).resolve(), root.resolve())):
+            if p.is_relative_to(r):
+                return f"{name}: {p.relative_to(r).as_posix()}"
+    return f"elsewhere: {Path(path).name}"
 
 
 def online(host: str = "duckduckgo.com", port: int = 443, timeout: float = 3.0) -> bool:
@@ -59,16 +80,16 @@ def download_labelled_images(dest: Path, searches: dict[str, str], max_images: i
 
 def bird_data(data: Path | None, cache: Path) -> DataSource:
     if data is not None:
-        return DataSource(Path(data), f"folder {data}")
+        return DataSource(Path(data), f"folder {named(data)}")
     if online():
         dest = cache / "bird_or_forest"
         if not dest.exists():
             download_labelled_images(dest, {"bird": "bird photo", "forest": "forest photo"})
-        return DataSource(dest, "DuckDuckGo image search (ddgs), as in lesson 1")
+        return DataSource(dest, "downloaded: DuckDuckGo image search (ddgs), as in lesson 1")
     shared = SHARED_DATASETS / "bird_or_forest"
     if shared.is_dir():
         log.warning("offline: DuckDuckGo is unreachable, training on the scraped copy in %s", shared)
-        return DataSource(shared, f"offline copy {shared} (scraped by the lesson's own search)")
+        return DataSource(shared, f"{named(shared)} (offline copy, scraped by the lesson's own search)")
     raise SystemExit("no network and no --data folder: pass --data DIR with one subfolder per label")
 
 
@@ -92,20 +113,20 @@ def fastai_sample(url: str, name: str, fastai_home: Path) -> DataSource:
     target = fastai_path("data") / name
     if not target.exists():
         if online("s3.amazonaws.com"):
-            return DataSource(untar_data(url), f"untar_data({url})")
+            return DataSource(untar_data(url), f"fastai: {name}, downloaded by untar_data({url})")
         shared = SHARED_DATASETS / "fastai_samples" / name
         if not shared.is_dir():
             raise SystemExit(f"offline and {shared} is missing: cannot get {url}")
         log.warning("offline: placing the extracted copy %s where untar_data looks (%s)", shared, target)
         shutil.copytree(shared, target)
-        return DataSource(untar_data(url), f"untar_data({url}) served from the offline copy {shared}")
-    return DataSource(untar_data(url), f"untar_data({url}) (already at {target})")
+        return DataSource(untar_data(url), f"fastai: {name}, untar_data({url}) served from the offline copy in {named(shared)}")
+    return DataSource(untar_data(url), f"fastai: {name}, untar_data({url}) (already in fastai's data folder)")
 
 
 def lesson_sample(data: Path | None, url_name: str, name: str, cache: Path) -> DataSource:
     """`--data DIR` when given, else fastai's `untar_data(URLs.<url_name>)` (offline: the shared copy)."""
     if data is not None:
-        return DataSource(Path(data), f"folder {data}")
+        return DataSource(Path(data), f"folder {named(data)}")
     from fastai.data.external import URLs
 
     return fastai_sample(getattr(URLs, url_name), name, (Path(cache) / "fastai").resolve())

@@ -3,12 +3,15 @@ pictures + manifest.json, verified (ONNX Runtime vs the re-loaded pickle) before
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime as dt
 import logging
 import platform
 import shutil
+import subprocess
 import time
+import types
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -18,7 +21,9 @@ import numpy as np
 
 from services.bundle import (
     LEARNER_FILE,
+    MANIFEST_FILE,
     MODEL_FILE,
+    PREPROCESS_FILE,
     DataSummary,
     Manifest,
     TensorInfo,
@@ -29,6 +34,8 @@ from services.bundle import (
 
 log = logging.getLogger("roost.train")
 OPSET = 18
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+TRAINING_CODE = ("training", "services", "pyproject.toml")  # what git_dirty looks at
 
 
 class ExportError(RuntimeError):
@@ -51,6 +58,74 @@ def library_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return versions
+
+
+def code_revision() -> tuple[str | None, bool | None]:
+    """The git commit of this checkout and whether the training code differs from it; (None, None)
+    where there is no git or no checkout of its own (e.g. an image built without .git)."""
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
+    try:
+        if Path(git("rev-parse", "--show-toplevel")).resolve() != PROJECT_ROOT:
+            return None, None
+        return git("rev-parse", "HEAD"), bool(git("status", "--porcelain", "--", *TRAINING_CODE))
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+
+
+def _portable_pickle_module():
+    """cloudpickle, except that it leaves out the `__file__` (an absolute path of this machine) that it
+    records with every function it pickles by value, e.g. fastai's PILBase.create; loading never reads it."""
+    import cloudpickle
+
+    class Pickler(cloudpickle.Pickler):
+        def _function_getnewargs(self, func):
+            code, base_globals, *rest = super()._function_getnewargs(func)
+            base_globals.pop("__file__", None)
+            return (code, base_globals, *rest)
+
+    return types.SimpleNamespace(Pickler=Pickler, __name__="roost_portable_cloudpickle")
+
+
+@contextlib.contextmanager
+def exportable(learn):
+    """The learner as learn.export should write it: no path of this machine (learn.path and dls.path
+    name the data folder; the converted weights' path is in timm's pretrained_cfg and in the
+    pretrained_cfg_overlay that vision_learner keeps on the learner) and fastai's default
+    ProgressCallback instead of our EpochLog, so learner.pkl needs nothing from `training`."""
+    from fastai.callback.progress import ProgressCallback
+
+    from training.progress import EpochLog
+
+    saved_paths = learn.path, learn.dls.path
+    cfgs = [getattr(m, "pretrained_cfg", None) for m in learn.model.modules()] + [getattr(learn, "pretrained_cfg_overlay", None)]
+    cfgs = [cfg for cfg in cfgs if isinstance(cfg, dict)]
+    saved_files = [cfg.get("file") for cfg in cfgs]
+    ours = [cb for cb in learn.cbs if isinstance(cb, EpochLog)]
+    learn.path = learn.dls.path = Path(".")
+    for cfg, file in zip(cfgs, saved_files):
+        if file:
+            cfg["file"] = Path(file).name
+    if ours:
+        learn.remove_cbs(ours)
+        learn.add_cb(ProgressCallback())
+    try:
+        yield learn
+    finally:
+        learn.path, learn.dls.path = saved_paths
+        for cfg, file in zip(cfgs, saved_files):
+            if file:
+                cfg["file"] = file
+        if ours:
+            learn.remove_cb(ProgressCallback)
+            learn.add_cbs(ours)
+
+
+def export_learner(learn, path: Path) -> None:
+    with exportable(learn):
+        learn.export(Path(path).resolve(), pickle_module=_portable_pickle_module())
 
 
 def plain_model(model):
@@ -85,6 +160,33 @@ def export_onnx(model, signature: OnnxSignature, path: Path) -> None:
             opset_version=OPSET,
             verbose=False,
         )
+    strip_stack_traces(path)
+
+
+def strip_stack_traces(path: Path) -> None:
+    """The dynamo exporter annotates every node with the Python stack that made it, full of absolute
+    paths of this machine's venv and checkout: drop those (and doc strings); keep the other metadata
+    (name scopes, class hierarchy), which names modules, not files."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graphs = [model.graph]
+    nodes = [n for f in model.functions for n in f.node]
+    while graphs:
+        graph = graphs.pop()
+        graph.doc_string = ""
+        for node in graph.node:
+            nodes.append(node)
+            for attr in node.attribute:
+                graphs.extend([attr.g] if attr.HasField("g") else [])
+                graphs.extend(attr.graphs)
+    for node in nodes:
+        node.doc_string = ""
+        keep = [p for p in node.metadata_props if not p.key.endswith("stack_trace")]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    model.doc_string = ""
+    onnx.save(model, str(path))
 
 
 def _activate(x: np.ndarray, activation: str) -> np.ndarray:
@@ -166,7 +268,7 @@ def write_bundle(
     staging.mkdir(parents=True)
     try:
         start = time.perf_counter()
-        learn.export(staging.resolve() / LEARNER_FILE)
+        export_learner(learn, staging / LEARNER_FILE)
         export_onnx(learn.model, signature, staging / MODEL_FILE)
         write_spec(staging, spec)
         parity = verify_onnx(staging / LEARNER_FILE, staging / MODEL_FILE, verify_dl, len(signature.input_names), activation, verify_batches)
@@ -175,6 +277,7 @@ def write_bundle(
             raise ExportError(f"ONNX export does not match the learner: {parity} (tolerance {tolerance})")
         pictures(staging)
         inputs, outputs = onnx_tensor_infos(staging / MODEL_FILE)
+        commit, dirty = code_revision()
         seal(
             staging,
             dict(
@@ -193,9 +296,13 @@ def write_bundle(
                 onnx_opset=OPSET,
                 export_parity=parity,
                 settings=settings or {},
+                git_commit=commit,
+                git_dirty=dirty,
             ),
         )
         staging.rename(final)
+        for extra in sorted(p for p in final.iterdir() if p.name not in (MODEL_FILE, LEARNER_FILE, PREPROCESS_FILE, MANIFEST_FILE)):
+            log.info("%s: %s", "picture" if extra.suffix == ".png" else "file", extra)
         log.info("bundle written: %s (export %.1f s)", final, time.perf_counter() - start)
         return final
     except BaseException:

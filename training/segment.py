@@ -68,13 +68,15 @@ def timm_stats(name: str) -> tuple[list[float], list[float]]:
 
 
 def build_learner(path: Path, fnames, backbone: Backbone, bs: int = LESSON_BS):
-    """Exactly the lesson's dataloaders and learner (the arch as resolved by choose_backbone)."""
+    """The lesson's dataloaders and learner (the arch as resolved by choose_backbone). One difference:
+    the lesson's `label_func=lambda o: path/'labels'/...` closes over the data folder's absolute path,
+    which learn.export would pickle into learner.pkl; the image's own folder gives the same label."""
     import numpy as np
     from fastai.vision.all import Normalize, SegmentationDataLoaders, unet_learner
 
     dls = SegmentationDataLoaders.from_label_func(
         path, bs=bs, fnames=fnames,
-        label_func=lambda o: path / "labels" / f"{o.stem}_P{o.suffix}",
+        label_func=lambda o: o.parent.parent / "labels" / f"{o.stem}_P{o.suffix}",
         codes=np.loadtxt(path / "codes.txt", dtype=str),
     )
     arch = backbone.arch
@@ -116,10 +118,68 @@ def pixel_accuracy(learn, void: str | None = "Void") -> dict[str, float]:
     return result
 
 
+def distinct_colors():
+    """35 colours, the most distinct first (tab10, Dark2, Set2, Pastel1): enough for CamVid's 32 classes."""
+    import matplotlib.pyplot as plt
+
+    return [c for name in ("tab10", "Dark2", "Set2", "Pastel1") for c in plt.get_cmap(name).colors]
+
+
+def draw_results(learn, max_n: int = 4):
+    """fastai's show_results draws small overlays with wide gaps; this draws one validation image per
+    row as image | target | prediction, with a legend of the classes shown (the classes with the most
+    pixels get the most distinct colours)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+    import torch
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
+    codes = mask_codes(learn.dls)
+    x, y = learn.dls.valid.one_batch()
+    with torch.no_grad():
+        pred = learn.model.eval()(x).as_subclass(torch.Tensor).argmax(dim=1).cpu().numpy()
+    images, targets = learn.dls.valid.decode((x, y))
+    n = min(max_n, len(pred))
+    pred = pred[:n]
+    images = images[:n].as_subclass(torch.Tensor).permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)
+    targets = targets[:n].as_subclass(torch.Tensor).cpu().numpy()
+
+    counts = np.bincount(np.concatenate([targets.ravel(), pred.ravel()]), minlength=len(codes))
+    present = [int(i) for i in np.argsort(-counts, kind="stable") if counts[i]]  # most pixels first
+    palette = distinct_colors()
+    colors = [(0.0, 0.0, 0.0)] * len(codes)
+    for rank, code in enumerate(present):
+        colors[code] = palette[rank % len(palette)]
+    cmap = ListedColormap(colors)
+
+    cols, col_width = 3, 4.0  # inches
+    row_height = col_width * images.shape[1] / images.shape[2]
+    legend_rows = -(-len(present) // 6)
+    title, legend = 0.4, 0.25 + 0.28 * legend_rows
+    height = title + n * row_height * 1.04 + legend
+    fig, axes = plt.subplots(n, cols, figsize=(cols * col_width * 1.02, height), squeeze=False)
+    fig.subplots_adjust(left=0.005, right=0.995, top=1 - title / height, bottom=legend / height, wspace=0.02, hspace=0.04)
+    for row in range(n):
+        for ax, name, picture in zip(axes[row], ("image", "target", "prediction"), (images[row], targets[row], pred[row])):
+            if picture.ndim == 3:
+                ax.imshow(picture)
+            else:
+                ax.imshow(picture, cmap=cmap, vmin=0, vmax=len(codes) - 1, interpolation="nearest")
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(name, fontsize=13)
+    fig.legend(
+        [Patch(color=colors[i]) for i in present], [codes[i] for i in present],
+        loc="lower center", ncol=min(6, len(present)), fontsize=10, frameon=False,
+    )
+    return fig
+
+
 def pictures(learn):
     def draw(folder: Path) -> None:
         save_figure(folder / "show_batch.png", lambda: learn.dls.show_batch(max_n=6))
-        save_figure(folder / "show_results.png", lambda: learn.show_results(max_n=6, figsize=(7, 8)))
+        save_figure(folder / "show_results.png", lambda: draw_results(learn))
 
     return draw
 
@@ -128,6 +188,8 @@ def train(opts: TrainOptions) -> Path:
     prepare(opts)
     import torch
     from fastai.vision.all import get_image_files
+
+    from training.progress import log_progress
 
     source = camvid_data(opts.data, opts.cache)
     path = source.path
@@ -141,7 +203,7 @@ def train(opts: TrainOptions) -> Path:
     log.info("segment: %d images in %s (%s), bs %d, fine_tune(%d)", len(fnames), path, source.source, bs, epochs)
 
     backbone = choose_backbone(opts.arch or LESSON_ARCH, opts.pretrained, opts.cache)
-    learn = build_learner(path, fnames, backbone, bs=bs)
+    learn = log_progress(build_learner(path, fnames, backbone, bs=bs))
     start = time.perf_counter()
     learn.fine_tune(epochs)
     seconds = time.perf_counter() - start

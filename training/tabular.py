@@ -90,7 +90,6 @@ def save_table(path: Path, df, title: str = "") -> None:
         ax.set_title(title, fontsize=9)
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close("all")
-    log.info("picture: %s", path)
 
 
 def decoded_valid(learn):
@@ -146,6 +145,8 @@ def train(opts: TrainOptions) -> Path:
     prepare(opts)
     import torch
 
+    from training.progress import log_progress
+
     path, source = tabular_data(opts)
     csv = path / CSV_NAME
     if not csv.is_file():
@@ -155,7 +156,7 @@ def train(opts: TrainOptions) -> Path:
         path = csv.parent
     epochs = opts.epochs or (1 if opts.quick else LESSON_EPOCHS)
     bs = opts.bs or (QUICK_BS if opts.quick else None)  # None: the lesson's (fastai's default 64)
-    learn = build_learner(csv, path, bs=bs)
+    learn = log_progress(build_learner(csv, path, bs=bs))
     dls = learn.dls
     n_items = len(dls.train_ds) + len(dls.valid_ds)
     log.info("tabular: %d rows of %s (%s), fit_one_cycle(%d)", n_items, csv, source, epochs)

@@ -28,6 +28,8 @@ def test_quick_training_writes_a_sealed_verified_bundle(bundle_dir):
     for picture in ("show_batch.png", "show_results.png"):
         with Image.open(bundle_dir / picture) as im:
             assert im.width > 100 and im.height > 100
+    with Image.open(bundle_dir / "show_results.png") as im:
+        assert im.width >= 1000  # three 4-inch columns at 90 dpi: readable
     # the ONNX parity figure, measured on the validation set against the re-loaded pickle
     assert m.export_parity["max_abs_diff"] <= 1e-4 and m.export_parity["argmax_agreement"] == 1.0
     assert m.export_parity["rows"] == m.data.n_valid
@@ -92,3 +94,23 @@ def test_the_lesson_arch_without_weights_builds_the_lessons_unet(tmp_path):
     assert mask_codes(learn.dls)[:2] == ["Animal", "Archway"]
     x, y = learn.dls.one_batch()
     assert x.shape[-2:] == y.shape[-2:] == (96, 128)
+
+
+def test_show_results_is_rows_of_image_target_prediction_with_a_class_legend(tmp_path):
+    import matplotlib.pyplot as plt
+    from fastai.vision.all import get_image_files
+
+    from training.backbone import choose_backbone
+    from training.segment import build_learner, draw_results, mask_codes
+
+    learn = build_learner(CAMVID, get_image_files(CAMVID / "images").sorted()[:20], choose_backbone("resnet34", False, tmp_path))
+    fig = draw_results(learn, max_n=3)
+    try:
+        assert len(fig.axes) == 3 * 3
+        assert [ax.get_title() for ax in fig.axes[:3]] == ["image", "target", "prediction"]
+        (legend,) = fig.legends
+        labels = [t.get_text() for t in legend.get_texts()]
+        assert len(labels) >= 3 and len(set(labels)) == len(labels) and set(labels) <= set(mask_codes(learn.dls))
+        assert fig.get_figwidth() * 90 >= 1000 and fig.get_figheight() >= 3 * 3.0  # inches: three rows of 4 x 3 images
+    finally:
+        plt.close(fig)
