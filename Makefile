@@ -1,5 +1,7 @@
 # Roost — fast.ai lesson 1 models as production model servers.
 SHELL := /bin/bash
+# The venv needs a Python 3.11: `make setup PYTHON=python3.11` where python3 is another version.
+PYTHON ?= python3
 PY := .venv/bin/python
 ARTIFACTS ?= artifacts
 DATA ?=
@@ -18,7 +20,7 @@ export KUBECONFIG := /dev/null
 setup: .venv/.installed
 
 .venv/.installed: pyproject.toml
-	python3 -m venv .venv
+	$(PYTHON) -m venv .venv
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch + torchvision first, pinned: pip takes them from local disk where they lie there.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
