@@ -66,7 +66,7 @@ from services.bundle import find_latest, open_bundle
 from tests.server import free_port, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "datasets"
+SHARED = Path(os.environ.get("ROOST_SHARED_DATASETS", ROOT.parent / "shared" / "datasets"))  # as training/data.py
 PEERS = ("inprocess", "fastai", "baseline", "typed", "rest", "grpc", "batch")
 ROOST_PEERS = ("typed", "rest", "grpc", "batch")
 TABLES = ("tabular", "collab")

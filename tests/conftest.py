@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared" / "datasets"
+SHARED = Path(os.environ.get("ROOST_SHARED_DATASETS", ROOT.parent / "shared" / "datasets"))  # as training/data.py
 BIRD_EXAMPLES = SHARED / "bird_or_forest_examples"
 
 os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
