@@ -75,8 +75,8 @@ PREAMBLE_MARK = "<!-- bench-peers -->"
 PREAMBLE = f"""# Benchmarks
 
 {PREAMBLE_MARK}
-Written by `make bench-<model>` (`python -m tests.bench <model>`, tests/bench.py; extra options via
-`BENCH_ARGS`). Newest last. Sections from 2026-12 on compare, in one run on one machine:
+Appended by `make bench-<model> RECORD=1` (`python -m tests.bench <model> --record`, tests/bench.py;
+extra options via `BENCH_ARGS`; without RECORD=1 results go only to the ignored bench-results/). Newest last. Sections from 2026-12 on compare, in one run on one machine:
 
 - **in-process limit**: decode -> resize -> ONNX Runtime (image models) or the model's preprocess ->
   runtime -> postprocess (tables) in one process, no HTTP, no server; batch 8 is the reference.
