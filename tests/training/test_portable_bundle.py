@@ -1,6 +1,5 @@
 """A bundle travels between machines: nothing in it may name a path of the machine that made it."""
 
-import io
 import os
 import pickletools
 import re
