@@ -106,7 +106,8 @@ def roost_openapi(service, model) -> dict:
         "description": (
             f"fast.ai lesson 1's **{model.name}** model, served by Roost from bundle `{model.version}`. "
             "A page to try it is at [/](/). The Open Inference Protocol (KServe v2) is served under `/v2` "
-            "(below) and over gRPC; `GET /v2/models/{name}` lists this model's tensors.\n\n" + module_doc
+            "(below) and over gRPC; `GET /v2/models/{name}` lists this model's tensors.\n\n"
+            f"```text\n{module_doc}\n```"
         ),
     }
     for app, _path, name in service.mount_apps:

@@ -127,7 +127,7 @@ const Roost = (() => {
     return call("predict", { method: "POST", body: form });
   }
 
-  const ms = (t) => (t < 1000 ? `${Math.round(t)} ms` : `${(t / 1000).toFixed(2)} s`);
+  const ms = (t) => (t < 1000 ? `${Math.round(t)}\u00a0ms` : `${(t / 1000).toFixed(2)}\u00a0s`);
 
   return { $, el, call, postJSON, problems, errorText, show, start, bars, picker, bitmap, sendPhoto, percent, ms };
 })();

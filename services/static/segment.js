@@ -32,7 +32,7 @@
       ...items.map(({ name, share }) => {
         const swatch = el("span", { className: "swatch" });
         swatch.style.background = colour[name];
-        return el("li", { className: share > 0 ? "" : "absent" }, swatch, el("span", {}, name),
+        return el("li", { className: share > 0 ? "" : "absent" }, swatch, el("span", { className: "name", title: name }, name),
           el("span", { className: "share" }, share > 0 ? percent(share) : "–"));
       }),
     );

@@ -152,23 +152,30 @@ class Page:
     def api(self, route: str, **kwargs) -> httpx.Response:
         return httpx.post(self.server.url + route, timeout=30, **kwargs)
 
-    def screenshot(self, name: str | None = None, width: int = 1100, mobile: bool = False) -> Path:
-        """A full-page PNG into the test's tmp dir (and $ROOST_SCREENSHOTS), checked not blank."""
-        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+    def screenshot(self, name: str | None = None, width: int = 1100, mobile: bool = False, readme: bool = True) -> Path:
+        """A full-page PNG into the test's tmp dir (and, for README's, into $ROOST_SCREENSHOTS),
+        checked not blank."""
+        content_height = "return Math.ceil(document.body.getBoundingClientRect().bottom)"
+        self.driver.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": mobile, "maxTouchPoints": 5})
+        self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
+                                    {"width": width, "height": 600, "deviceScaleFactor": 1, "mobile": mobile})
+        height = self.driver.execute_script(content_height)
         self.driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride",
                                     {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
         self.driver.execute_script("return new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        height = self.driver.execute_script(content_height)
         shot = self.driver.execute_cdp_cmd("Page.captureScreenshot", {
             "format": "png", "captureBeyondViewport": True,
             "clip": {"x": 0, "y": 0, "width": width, "height": height, "scale": 1},
         })
         data = base64.b64decode(shot["data"])
+        self.driver.execute_cdp_cmd("Emulation.setTouchEmulationEnabled", {"enabled": False})
+        self.driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
         assert_not_blank(data)
         name = name or f"demo-{self.model}"
         path = self.tmp / f"{name}.png"
         path.write_bytes(data)
-        if os.environ.get("ROOST_SCREENSHOTS"):
+        if readme and os.environ.get("ROOST_SCREENSHOTS"):
             out = Path(os.environ["ROOST_SCREENSHOTS"])
             out.mkdir(parents=True, exist_ok=True)
             (out / f"{name}.png").write_bytes(data)
@@ -215,6 +222,7 @@ def test_bird_page_classifies_a_photo_and_shows_a_bad_file(page, tmp_path):
     assert p.driver.execute_script("return document.querySelector('#photo').width") > 1  # the preview
     p.fits_phone_width()
     p.screenshot()
+    p.screenshot("demo-bird-phone", width=390, mobile=True)
 
     text_file = tmp_path / "notes.txt"
     text_file.write_text("this is not a photo\n")
@@ -222,7 +230,7 @@ def test_bird_page_classifies_a_photo_and_shows_a_bad_file(page, tmp_path):
     p.wait_shown("#error")
     assert "not a readable image" in p.text("#error") and "HTTP 400" in p.text("#error")
     assert not p.shown("#result")
-    p.screenshot("demo-bird-error")
+    p.screenshot("demo-bird-error", readme=False)
 
 
 @pytest.mark.slow
@@ -257,7 +265,7 @@ def test_segment_page_overlays_the_mask_with_a_legend(page):
         "const s = document.querySelector('#opacity'); s.value = 0; s.dispatchEvent(new Event('input'))")
     assert p.driver.execute_script(pixel) != before  # the slider changes the overlay
     p.driver.execute_script(
-        "const s = document.querySelector('#opacity'); s.value = 55; s.dispatchEvent(new Event('input'))")
+        "const s = document.querySelector('#opacity'); s.value = 50; s.dispatchEvent(new Event('input'))")
     p.fits_phone_width()
     p.screenshot()
 
