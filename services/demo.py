@@ -9,7 +9,8 @@
     GET /docs.json     the OpenAPI document (services/openapi.py)
 
 Plain files, no build step and nothing fetched from elsewhere; every answer carries a
-Content-Security-Policy that allows only this origin (so the pages hold no inline script or style).
+Content-Security-Policy that allows only this origin (so the pages hold no inline script or style;
+the Swagger page also allows data: images, its stylesheet's icons).
 BentoML serves its own Swagger page at ``/`` and its spec at ``/docs.json``; a mounted app's routes
 are matched before those, so this app takes both paths.
 """
@@ -17,6 +18,8 @@ are matched before those, so this app takes both paths.
 from __future__ import annotations
 
 from pathlib import Path
+
+from services.registry import MODELS
 
 STATIC = Path(__file__).parent / "static"
 CSP = (
@@ -55,8 +58,7 @@ def _hex(rgb) -> str:
 
 
 def demo_spec(model) -> dict:
-    """What a model's page needs, read from the loaded bundle (nothing the page could not learn
-    from the routes' errors, but without guessing)."""
+    """What a model's page needs, read from the loaded bundle."""
     spec = model.spec
     out = {"model": model.name, "version": model.version}
     if spec.kind == "image":
@@ -72,7 +74,7 @@ def demo_spec(model) -> dict:
         out["users"] = [_id(u) for u in spec.users[1:]]  # index 0 is fastai's '#na#'
         out["movies"] = [_id(m) for m in spec.items[1:]]
         out["y_range"] = list(spec.y_range)
-        out["max_pairs"] = getattr(model, "oip_max_rows", 1024)
+        out["max_pairs"] = MODELS["collab"].max_request_rows  # per /predict request
     return out
 
 
