@@ -218,22 +218,32 @@ class Bundle:
         return f"Bundle({self.name}:{self.version} at {self.path})"
 
 
-def open_bundle(path: Path | str, verify: bool = True) -> Bundle:
-    """Read manifest + spec, and (by default) check the sha256 of every listed file."""
+def open_bundle(path: Path | str, verify: bool = True, manifest_bytes: bytes | None = None) -> Bundle:
+    """Read manifest + spec, and (by default) check the sha256 of every listed file.
+    ``manifest_bytes``: the manifest already read (and its signature checked): no second read."""
     path = Path(path)
     manifest_path = path / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise BundleError(f"no {MANIFEST_FILE} in {path}: not a bundle (did training finish?)")
+    if manifest_bytes is None:
+        if not manifest_path.is_file():
+            raise BundleError(f"no {MANIFEST_FILE} in {path}: not a bundle (did training finish?)")
+        manifest_bytes = manifest_path.read_bytes()
     try:
-        manifest = Manifest.model_validate_json(manifest_path.read_text())
+        manifest = Manifest.model_validate_json(manifest_bytes)
     except ValueError as exc:
-        raise BundleError(f"{manifest_path} is not a valid manifest: {exc}") from exc
+        raise BundleError(f"{manifest_path} is not a valid manifest ({str(exc).splitlines()[0]})") from None
     if manifest.format != BUNDLE_FORMAT:
         raise BundleError(f"{path}: bundle format {manifest.format}, this server reads {BUNDLE_FORMAT}")
     if verify:
         for name in manifest.files:
+            # A serving copy may leave out the pickle (images do): only the fastai runtime reads it, and
+            # it checks it when it loads it (Bundle.verify_file says "missing" then).
+            if name == LEARNER_FILE and not (path / name).exists():
+                continue
             Bundle(path, manifest, None).verify_file(name)
-    spec = _spec_adapter.validate_json((path / PREPROCESS_FILE).read_text())
+    try:
+        spec = _spec_adapter.validate_json((path / PREPROCESS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(f"{path / PREPROCESS_FILE} cannot be read ({str(exc).splitlines()[0]})") from None
     return Bundle(path, manifest, spec)
 
 

@@ -1,6 +1,8 @@
 """Admission and body limits for every HTTP route, before anything reads or parses a body.
 
-:class:`RequestGuard` is the first of Roost's ASGI middlewares. On every route a pickle body is
+:class:`RequestGuard` runs before every other middleware, BentoML's own included
+(:func:`install`): a request it sheds costs no tracing span, metrics middleware or access-log line.
+On every route a pickle body is
 refused (415): BentoML can decode ``application/vnd.bentoml+pickle`` (its service-to-service
 format), nothing in Roost takes pickles from a network, and unpickling runs code. For a request
 that carries work (any POST: the typed routes and OIP infer):
@@ -64,7 +66,10 @@ class RequestGuard:
         try:
             model.admit(protocol)
         except RoostError as exc:
-            return await _answer(send, exc, close=True)  # the body is never read: this connection ends
+            # The body is not parsed. A small one is read past (cheaper than the client's reconnect),
+            # so the connection stays open; after a large or unbounded one the connection closes.
+            keep = not model.draining and await _skip_small_body(scope, receive)
+            return await _answer(send, exc, close=not keep)
         try:
             try:
                 body = await self._read_body(scope, receive, model.settings.max_body_bytes)
@@ -110,6 +115,26 @@ class RequestGuard:
         return send_with_close
 
 
+SKIP_BODY_BYTES = 1 << 20
+
+
+async def _skip_small_body(scope, receive) -> bool:
+    """Read and drop a body that declares at most SKIP_BODY_BYTES; False if it is larger or chunked."""
+    declared = dict(scope.get("headers") or []).get(b"content-length", b"").decode("latin-1").strip()
+    if not declared.isdigit() or int(declared) > SKIP_BODY_BYTES:
+        return False
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return False
+        size += len(message.get("body", b""))
+        if size > SKIP_BODY_BYTES:
+            return False
+        if not message.get("more_body", False):
+            return True
+
+
 def _replay(body: bytes, receive):
     """A receive() that hands the route the body already read, then the client's later messages."""
     sent = False
@@ -123,3 +148,20 @@ def _replay(body: bytes, receive):
 
     return replay
 
+
+
+_installed = False
+
+
+def install() -> None:
+    """Put RequestGuard in front of BentoML's middleware stack (metrics, tracing, access log, ...),
+    which `add_asgi_middleware` would put it behind."""
+    global _installed
+    if _installed:
+        return
+    from _bentoml_impl.server.app import ServiceAppFactory
+    from starlette.middleware import Middleware
+
+    stack = ServiceAppFactory.middlewares
+    ServiceAppFactory.middlewares = property(lambda self: [Middleware(RequestGuard), *stack.fget(self)])
+    _installed = True

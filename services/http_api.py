@@ -117,7 +117,30 @@ def typed_routes(service) -> None:
         # BentoML derives a list output's media type from its JSON schema, generated anew for every
         # response (measured: 42 % of the worker's time per collab request). It never changes: fix it.
         method.output_spec.media_type = method.output_spec.mime_type()
+        json_answers(method)
     answer_roost_errors()
+
+
+def json_answers(method) -> None:
+    """Answer a typed route's result with one pydantic-core serialization. BentoML validates a list
+    result again, dumps it to Python and then to JSON (measured: 26 ms for 4096 collab ratings, on
+    the event loop, against 4 ms here)."""
+    import typing
+
+    from _bentoml_impl.serde import JSONSerde
+    from pydantic import TypeAdapter
+    from starlette.responses import Response
+
+    adapter = TypeAdapter(typing.get_type_hints(method.func)["return"])
+    spec = method.output_spec
+    fallback = spec.to_http_response
+
+    async def to_http_response(obj, serde):
+        if isinstance(obj, Response) or not isinstance(serde, JSONSerde):
+            return await fallback(obj, serde)
+        return Response(adapter.dump_json(obj), media_type="application/json")
+
+    spec.to_http_response = to_http_response
 
 
 _patched = False

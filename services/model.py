@@ -11,7 +11,6 @@ from the request bytes and never serialized again.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from typing import Any, ClassVar
@@ -21,11 +20,20 @@ import numpy as np
 from services import metrics
 from services.batcher import Batcher
 from services.bundle import Bundle, open_bundle
-from services.errors import RoostError, Unavailable, as_roost_error
+from services.errors import Overloaded, Unavailable, as_roost_error
 from services.runtime import load_runtime
 from services.settings import Settings, settings_for
+from services.startup import fatal, is_serve_process, preflight
 
 log = logging.getLogger("roost.model")
+
+THREAD_ROWS = 64  # a request with more rows runs its stages in a thread, whatever the model
+_served: "RoostModel | None" = None  # the model this worker process serves (one per process)
+
+
+def served_model() -> "RoostModel | None":
+    """The model this process serves, once loaded (for the HTTP guard and the gRPC server)."""
+    return _served
 
 
 class Preprocessed:
@@ -70,12 +78,16 @@ class RoostModel:
         self.batcher: Batcher | None = None
         self.draining = False
         self.in_flight = 0
+        self.admitted = 0  # requests taken in by admission (HTTP guard, gRPC), not yet answered
         self._in_flight_gauge = metrics.IN_FLIGHT.labels(self.name)  # read twice per request
 
     # -- load --------------------------------------------------------------------------------
     def load(self) -> "RoostModel":
+        from services.signing import check_signature
+
         s = self.settings
-        self.bundle = open_bundle(s.bundle_path())
+        path = s.bundle_path()
+        self.bundle = open_bundle(path, manifest_bytes=check_signature(path, s))  # signature first
         if self.bundle.name != self.name or self.bundle.spec.kind != self.spec_kind:
             raise SystemExit(
                 f"{self.bundle.path} holds model '{self.bundle.name}' ({self.bundle.spec.kind}), "
@@ -104,6 +116,7 @@ class RoostModel:
             max_batch_size=s.max_batch_size,
             max_latency_ms=s.max_latency_ms,
             max_queue_rows=s.max_queue_rows,
+            max_queue_wait_ms=s.max_queue_wait_ms,
             # A GPU runs one batch while the next is copied in; a CPU session already uses every core.
             runners=2 if getattr(runtime, "device", "cpu") == "cuda" else 1,
             in_thread=self.infer_in_thread,
@@ -142,6 +155,28 @@ class RoostModel:
             results.append((vocab[best], float(probs[best]), {label: float(p) for label, p in zip(vocab, probs)}))
         return results
 
+    # -- admission: before a request's body is read or parsed ---------------------------------
+    def admit(self, protocol: str) -> None:
+        """Take a request in, or refuse it at once: 503 while not ready or draining, 429 when the
+        worker already holds ``max_in_flight`` requests. Pair with :meth:`release`."""
+        if not self.ready:
+            reason, error = "not_ready", Unavailable(
+                "the server is shutting down; retry on another replica" if self.draining else "the model is loading; retry shortly"
+            )
+        elif self.admitted >= self.settings.max_in_flight:
+            reason, error = "in_flight_full", Overloaded(
+                f"the server holds {self.admitted} requests, its limit; retry shortly"
+            )
+        else:
+            self.admitted += 1
+            return
+        metrics.REJECTED.labels(self.name, reason).inc()
+        metrics.REQUESTS.labels(self.name, protocol, error.outcome).inc()
+        raise error
+
+    def release(self) -> None:
+        self.admitted -= 1
+
     # -- the request path, shared by every protocol -----------------------------------------------
     async def _stage(self, stage: str, in_thread: bool, func, *args):
         with metrics.timed(self.name, stage):
@@ -162,9 +197,12 @@ class RoostModel:
             if isinstance(request, Preprocessed):
                 rows, request = request.rows, request.request
             else:
-                rows = await self._stage("preprocess", self.preprocess_in_thread, self.preprocess, request)
+                # Many table rows take milliseconds too: then off the event loop that answers health checks.
+                many = len(request) > THREAD_ROWS if hasattr(request, "__len__") else False
+                rows = await self._stage("preprocess", self.preprocess_in_thread or many, self.preprocess, request)
+            many = len(rows) > THREAD_ROWS
             outputs = await self.batcher.submit(rows, deadline)
-            result = await self._stage("postprocess", self.postprocess_in_thread, self.postprocess, outputs, request)
+            result = await self._stage("postprocess", self.postprocess_in_thread or many, self.postprocess, outputs, request)
             outcome = "ok"
             return result
         except Exception as exc:
@@ -185,52 +223,27 @@ class RoostModel:
             await self.batcher.close(timeout)
 
 
-def error_response(exc: RoostError):
-    from starlette.responses import JSONResponse
-
-    return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers())
-
-
-def _answer_errors(func):
-    """Typed routes: a RoostError becomes its JSON answer (the one place this happens for HTTP)."""
-
-    from bentoml import Context
-
-    @functools.wraps(func)
-    async def api(self, *args, **kwargs):
-        try:
-            return await func(self, *args, **kwargs)
-        except RoostError as exc:
-            for value in kwargs.values():  # with a Context parameter BentoML stamps ctx.response on the answer
-                if isinstance(value, Context):
-                    value.response.status_code = exc.status
-                    value.response.metadata.update(exc.headers())
-            return error_response(exc)
-
-    return api
-
-
 def roost_service(cls):
     """``bentoml.service`` for a model's :class:`ModelService`, with Roost's conventions: worker
-    count and deadline from settings, errors answered once, 422 for invalid fields, pickle bodies
-    refused, and the Open Inference Protocol (REST under /v2, gRPC on ROOST_GRPC_PORT)."""
+    count and deadline from settings, pickle bodies refused, admission and body limits before any
+    body is read (services/guard.py), typed requests read and errors answered once
+    (services/http_api.py), and the Open Inference Protocol (REST under /v2, gRPC on ROOST_GRPC_PORT)."""
     import bentoml
 
     from services.demo import with_demo
-    from services.listeners import private_arbiter_sockets
+    from services.guard import install as install_request_guard
+    from services.http_api import typed_routes
+    from services.listeners import private_arbiter_sockets, serve_folder
     from services.oip import with_oip
-    from services.validation import RefusePickle, ValidationErrorsAs422
 
     private_arbiter_sockets()
+    if is_serve_process():  # before any worker starts: a server that cannot serve exits now
+        preflight(cls.model_class.name)
+        serve_folder()
     settings = settings_for(cls.model_class.name)
     service = bentoml.service(workers=settings.workers, traffic={"timeout": settings.timeout_s + 5})(cls)
-    for method in service.apis.values():
-        method.func = _answer_errors(method.func)
-        # BentoML derives a list output's media type from its JSON schema, generated anew for every
-        # response (measured: 42 % of the worker's time per collab request). It never changes: fix it.
-        method.output_spec.media_type = method.output_spec.mime_type()
-    service.add_asgi_middleware(ValidationErrorsAs422)
-    service.add_asgi_middleware(RefusePickle)
+    typed_routes(service)
+    install_request_guard()
     return with_demo(with_oip(service))
 
 
@@ -244,7 +257,12 @@ class ModelService:
     model_class: ClassVar[type[RoostModel]]
 
     def __init__(self) -> None:
-        self.model = self.model_class().load()
+        global _served
+        try:
+            self.model = self.model_class().load()
+        except BaseException as exc:  # noqa: BLE001 - whatever stops the load stops the server
+            fatal(self.model_class.name, exc)
+        _served = self.model
 
     def __is_ready__(self) -> bool:
         return self.model.ready

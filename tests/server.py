@@ -66,6 +66,7 @@ def start_server(service: str, bundle: Path, tmp: Path, extra_env: dict | None =
         "PYTHONPATH": str(ROOT),
         **(extra_env or {}),
     }
+    tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / f"server-{port}.log"
     proc = subprocess.Popen(
         [str(BENTOML), "serve", service, "--host", "127.0.0.1", "--port", str(port)],

@@ -7,6 +7,7 @@ import contextlib
 import copy
 import datetime as dt
 import logging
+import os
 import platform
 import shutil
 import subprocess
@@ -31,6 +32,7 @@ from services.bundle import (
     seal,
     write_spec,
 )
+from services.signing import SIGNING_KEY_ENV, sign
 
 log = logging.getLogger("roost.train")
 OPSET = 18
@@ -300,6 +302,9 @@ def write_bundle(
                 git_dirty=dirty,
             ),
         )
+        signing_key = os.environ.get(SIGNING_KEY_ENV)
+        if signing_key:  # who made it, not only that it is intact: services/signing.py
+            log.info("signed: %s", sign(staging, signing_key).name)
         staging.rename(final)
         for extra in sorted(p for p in final.iterdir() if p.name not in (MODEL_FILE, LEARNER_FILE, PREPROCESS_FILE, MANIFEST_FILE)):
             log.info("%s: %s", "picture" if extra.suffix == ".png" else "file", extra)

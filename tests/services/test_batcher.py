@@ -9,7 +9,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from services.batcher import Batcher
-from services.errors import DeadlineExceeded, InternalError, Overloaded, Unavailable
+from services.errors import DeadlineExceeded, InternalError, Overloaded, QueueTimeout, Unavailable
 
 
 class Network:
@@ -161,6 +161,38 @@ def test_a_request_whose_deadline_passes_in_the_queue_gets_504_and_never_runs():
 
     asyncio.run(go())
     assert net.batches == [[0], [8]]
+
+
+def test_a_request_queued_past_the_latency_target_gets_503_with_retry_after_and_never_runs():
+    net = Network()
+    b = batcher(net, max_queue_wait_ms=100)
+    shed_before = REGISTRY.get_sample_value("roost_rejected_total", {"model": "t", "reason": "queue_timeout"}) or 0.0
+
+    async def go():
+        running = await hold_a_running_batch(net, b)
+        began = time.monotonic()
+        with pytest.raises(QueueTimeout) as caught:
+            await b.submit(rows(7), deadline(10))  # its deadline is far: the queue's bound answers first
+        assert time.monotonic() - began < 2
+        assert caught.value.status == 503 and caught.value.headers() == {"Retry-After": "1"}
+        assert b.queued_rows == 0
+        net.gate.set()
+        await running
+        await b.submit(rows(8), deadline())
+
+    asyncio.run(go())
+    assert net.batches == [[0], [8]]
+    assert REGISTRY.get_sample_value("roost_rejected_total", {"model": "t", "reason": "queue_timeout"}) == shed_before + 1
+
+
+def test_a_request_taken_into_a_batch_waits_for_it_past_the_queue_bound():
+    net = Network(delay=0.3)
+    b = batcher(net, max_queue_wait_ms=50)
+
+    async def go():
+        return await b.submit(rows(3), deadline(10))
+
+    assert asyncio.run(go()).tolist() == [[6.0]]
 
 
 def test_a_caller_that_goes_away_is_dropped_unrun():

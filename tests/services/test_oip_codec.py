@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from services.oip import codec
-from services.oip.codec import TensorError
+from services.oip.codec import TensorError, from_list, from_raw
 from services.oip.proto import grpc_predict_v2_pb2 as pb
 
 
@@ -131,3 +131,24 @@ def test_generated_module_is_reproducible(tmp_path):
     if version_line(fresh) != version_line(committed):
         pytest.skip(f"installed grpcio-tools writes {version_line(fresh)!r}, committed: {version_line(committed)!r}")
     assert fresh == committed, "run: python -m services.oip.proto.generate"
+
+
+def test_a_json_list_longer_than_its_shape_is_refused_before_it_is_walked():
+    with pytest.raises(TensorError, match="more than 1 elements"):
+        from_list("image", "BYTES", [1], ["a"] * 1_000_000)
+    with pytest.raises(TensorError, match="more than 2 elements"):
+        from_list("x", "FP32", [2], [[1.0, 2.0], [3.0]])
+
+
+def test_json_data_nested_deeper_than_any_tensor_is_refused():
+    data = 1.0
+    for _ in range(1000):
+        data = [data]
+    with pytest.raises(TensorError, match="nested deeper"):
+        from_list("x", "FP32", [1], data)
+
+
+def test_raw_bytes_holding_more_elements_than_the_shape_are_refused_at_the_first_extra_one():
+    raw = struct.pack("<I", 0) * 1_000_000  # a million empty elements for a shape of [1]
+    with pytest.raises(TensorError, match="more than 1 elements"):
+        from_raw("image", "BYTES", [1], raw)
