@@ -561,6 +561,9 @@ def broken_starts(bundles: dict[str, Path], tmp: Path) -> list[dict]:
         (b / "manifest.json").write_text(json.dumps(manifest))
         return b, {}, "onnx"
 
+    def no_trained_bundle():  # `make serve-bird` before `make train-bird`
+        return "", {"ROOST_ARTIFACTS": str(tmp / "empty-artifacts")}, "run `make train-bird` first"
+
     def bad_setting():
         return bird, {"ROOST_MAX_QUEUE": "lots"}, "ROOST_MAX_QUEUE"
 
@@ -573,8 +576,8 @@ def broken_starts(bundles: dict[str, Path], tmp: Path) -> list[dict]:
         return bird, {"ROOST_GRPC_PORT": str(busy.getsockname()[1])}, "cannot listen for gRPC"
 
     try:
-        for make in (flipped, foreign_pickle, not_json, no_preprocess, missing, unsigned, wrong_key, fastai_unsigned,
-                     model_file_not_onnx, bad_setting, grpc_port_busy):
+        for make in (no_trained_bundle, flipped, foreign_pickle, not_json, no_preprocess, missing, unsigned, wrong_key,
+                     fastai_unsigned, model_file_not_onnx, bad_setting, grpc_port_busy):
             bundle, env, expect = make()
             env = {**os.environ, "ROOST_BUNDLE": str(bundle), "ROOST_GRPC_PORT": str(free_port()),
                    "BENTOML_HOME": str(tmp / "bentoml"), "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(ROOT), **env}

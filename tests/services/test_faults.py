@@ -27,7 +27,7 @@ def test_a_server_that_cannot_serve_exits_non_zero_with_one_line(bundle_of, tmp_
     results = broken_starts({"bird": bundle_of("bird"), "tabular": bundle_of("tabular")}, tmp_path)
     failed = [r for r in results if r["problem"]]
     assert not failed, failed
-    assert {r["case"] for r in results} >= {"flipped", "foreign pickle", "not json", "no preprocess", "missing",
+    assert {r["case"] for r in results} >= {"no trained bundle", "flipped", "foreign pickle", "not json", "no preprocess", "missing",
                                              "unsigned", "wrong key", "fastai unsigned", "grpc port busy"}
 
 
