@@ -4,7 +4,7 @@
 
 POST /predict        multipart file field `image`          -> BirdPrediction
 POST /predict_batch  JSON {"images": [<base64 image>, ...]} -> [BirdPrediction, ...]
-Open Inference Protocol (docs/oip.md): `image` BYTES [N] or `pixels` FP32 [N,3,H,W] -> `label`,
+Open Inference Protocol (docs/oip.md): `image` BYTES [N] or `pixels` UINT8 [N,H,W,3] -> `label`,
 `probability`, `probabilities`, as BirdModel declares below.
 """
 
@@ -18,7 +18,7 @@ from services.model import ModelService, Preprocessed, roost_service, RoostModel
 from services.oip.codec import Tensor
 from services.oip.tensors import OipModel, check_pixels, classifier_outputs, classifier_tensors, elements
 from services.oip.tensors import image_inputs, image_or_pixels
-from services.preprocessing import PixelBudget, decode_base64, decode_image, image_tensor
+from services.preprocessing import PixelBudget, decode_base64, decode_image, draft_size, image_pixels
 from services.registry import MODELS
 from services.upload import UploadedFile
 
@@ -39,11 +39,13 @@ class BirdModel(RoostModel, OipModel):
     oip_max_rows = MAX_BATCH_ITEMS  # as /predict_batch
 
     def preprocess(self, images: list[bytes | str]) -> np.ndarray:
-        rows, budget = [], PixelBudget(self.settings.max_request_pixels)
+        """Images -> uint8 [N, H, W, 3] (the graph casts, scales and normalizes); large JPEGs are
+        decoded at reduced scale (services/preprocessing.py: draft mode)."""
+        rows, budget, draft = [], PixelBudget(self.settings.max_request_pixels), draft_size(self.spec)
         for i, item in enumerate(images):
             field = "image" if len(images) == 1 and isinstance(item, bytes) else f"images[{i}]"
             data = decode_base64(item, field) if isinstance(item, str) else item
-            rows.append(image_tensor(decode_image(data, field, budget), self.spec))
+            rows.append(image_pixels(decode_image(data, field, budget, draft), self.spec))
         return np.stack(rows)
 
     def postprocess(self, logits: np.ndarray, images) -> list[BirdPrediction]:
@@ -53,7 +55,7 @@ class BirdModel(RoostModel, OipModel):
         ]
 
     # -- Open Inference Protocol: `image` BYTES [N] (encoded files; base64 strings in JSON) or `pixels`
-    # FP32 [N,3,H,W] (already resized and normalized) -> `label` BYTES [N], `probability` FP32 [N]
+    # UINT8 [N,H,W,3] (already resized RGB) -> `label` BYTES [N], `probability` FP32 [N]
     # (of the label), `probabilities` FP32 [N,C] in vocabulary order.
     def oip_inputs(self) -> list:
         return image_inputs(self.spec, "encoded image files (JPEG, PNG, ...), one per row; base64 strings in JSON")

@@ -2,7 +2,11 @@
 
 A bundle is a folder ``<root>/<model>/<version>/`` holding
 
-- ``model.onnx``      the network, dynamic batch axis; what the default runtime executes
+- ``model.onnx``      the network, dynamic batch axis; what the default runtime executes. Image
+                      models (format 2) take uint8 NHWC pixels and cast, scale, normalize and
+                      transpose inside the graph
+- ``model.int8.onnx`` image models only, and only when it passed its gate: the static-QDQ INT8 copy
+                      (``Manifest.quantization`` says how it was made, or why there is none)
 - ``learner.pkl``     ``learn.export()``; loaded only by the fastai runtime, after its sha256 checks out
 - ``preprocess.json`` everything needed to turn a raw request into the model's tensors without fastai
 - ``manifest.json``   name, version, sha256 of every other file, versions, metrics, data summary
@@ -25,7 +29,13 @@ MODEL_FILE = "model.onnx"
 LEARNER_FILE = "learner.pkl"
 PREPROCESS_FILE = "preprocess.json"
 MANIFEST_FILE = "manifest.json"
-BUNDLE_FORMAT = 1
+INT8_FILE = "model.int8.onnx"
+# 2: image models take uint8 NHWC pixels (cast, /255, normalize, transpose in the graph) and may carry
+# model.int8.onnx. 1: image models took float32 NCHW, normalized by the server; a format-1 table
+# bundle is the same as a format-2 one, so it is still read, a format-1 image bundle is refused.
+BUNDLE_FORMAT = 2
+READABLE_FORMATS = (1, 2)
+IMAGE_INPUT = "uint8-nhwc"
 
 
 class BundleError(RuntimeError):
@@ -114,6 +124,22 @@ class DataSummary(_Spec):
     sha256: str  # hash over the item names and contents (or the data file)
 
 
+class Quantization(_Spec):
+    """What the export did about INT8: ``written`` (``file`` is in the bundle), ``refused`` (it failed
+    its gate; ``reason`` and ``agreement`` say by how much), ``failed`` (quantization itself raised),
+    or ``none`` (not offered for this kind of model: tables and embeddings are microseconds already)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    status: Literal["written", "refused", "failed", "none"]
+    file: str | None = None
+    reason: str = ""
+    agreement: dict[str, float] = {}  # e.g. top1_agreement, fp32_error_rate, int8_error_rate, pixel_agreement
+    gate: dict[str, float] = {}  # the thresholds it was held to
+    calibration: dict[str, str | int | float] = {}  # split, images, source
+    settings: dict[str, str | int | float | bool] = {}  # how it was quantized
+
+
 class Manifest(_Spec):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
 
@@ -138,6 +164,13 @@ class Manifest(_Spec):
     # pyproject.toml differed from it. None: not known (no git checkout, or a bundle from before).
     git_commit: str | None = None
     git_dirty: bool | None = None
+    # Format 2 on: image models' input ("uint8-nhwc"), and what the export did about INT8. None: an
+    # older bundle, or a model with no image input.
+    image_input: str | None = None
+    quantization: Quantization | None = None
+
+    def has_int8(self) -> bool:
+        return bool(self.quantization and self.quantization.status == "written" and self.quantization.file in self.files)
 
 
 # --- reading and writing ---------------------------------------------------------------------
@@ -231,8 +264,13 @@ def open_bundle(path: Path | str, verify: bool = True, manifest_bytes: bytes | N
         manifest = Manifest.model_validate_json(manifest_bytes)
     except ValueError as exc:
         raise BundleError(f"{manifest_path} is not a valid manifest ({str(exc).splitlines()[0]})") from None
-    if manifest.format != BUNDLE_FORMAT:
-        raise BundleError(f"{path}: bundle format {manifest.format}, this server reads {BUNDLE_FORMAT}")
+    if manifest.format not in READABLE_FORMATS:
+        raise BundleError(f"{path}: bundle format {manifest.format}, this server reads {list(READABLE_FORMATS)}")
+    if manifest.task in ("image-classification", "semantic-segmentation") and manifest.image_input != IMAGE_INPUT:
+        raise BundleError(
+            f"{path}: bundle format {manifest.format} takes float32 NCHW images; this server feeds image models uint8 "
+            f"NHWC pixels (bundle format {BUNDLE_FORMAT}): retrain it with `make train-{manifest.name}`"
+        )
     if verify:
         for name in manifest.files:
             # A serving copy may leave out the pickle (images do): only the fastai runtime reads it, and

@@ -5,6 +5,7 @@
     GET /              the model's demo page (services/static/<model>.html); it calls the typed routes
     GET /demo/spec     what the page needs to know: classes, colours, form fields, known users
     GET /demo/static/  the pages' CSS and JS
+    GET /model         what is served: version, runtime, device, precision, the bundle file (e.g. model.int8.onnx)
     GET /docs          Swagger UI (BentoML's own copy of its files, under /static_content)
     GET /docs.json     the OpenAPI document (services/openapi.py)
 
@@ -140,12 +141,17 @@ def create_app(service):
             cached["spec"] = demo_spec(model())
         return JSONResponse(cached["spec"])
 
+    async def model_info(request):
+        """What this server runs: version, runtime, device, precision and the bundle file served."""
+        return JSONResponse(model().info())
+
     return Starlette(
         routes=[
             Route("/", index, methods=["GET"]),
             Route("/docs", docs, methods=["GET"]),
             Route("/docs.json", docs_json, methods=["GET"]),
             Route("/demo/spec", spec, methods=["GET"]),
+            Route("/model", model_info, methods=["GET"]),
             Mount("/demo/static", StaticFiles(directory=STATIC), name="demo-static"),
         ],
         middleware=[Middleware(SecurityHeaders)],

@@ -49,8 +49,8 @@ REJECTED = Counter(
 )
 MODEL_INFO = Gauge(
     "roost_model_info",
-    "The model this process serves (value 1).",
-    ["model", "version", "runtime", "arch", "device"],
+    "The model this process serves (value 1): precision fp32/int8 and the bundle file it runs.",
+    ["model", "version", "runtime", "arch", "device", "precision", "file"],
     multiprocess_mode="livemax",
 )
 QUEUE_ROWS = Gauge(

@@ -94,15 +94,16 @@ class RoostModel:
                 f"not '{self.name}' ({self.spec_kind})"
             )
         self.spec = self.bundle.spec
-        self.attach(load_runtime(self.bundle, s.runtime, s.device, s.ort_threads))
+        self.attach(load_runtime(self.bundle, s.runtime, s.device, s.ort_threads, s.precision))
         self._in_flight_gauge.set(0)  # exported from the start: autoscalers read it
         metrics.MODEL_INFO.labels(
-            self.name, self.bundle.version, self.runtime.name, self.bundle.manifest.arch, self.runtime.device
+            self.name, self.bundle.version, self.runtime.name, self.bundle.manifest.arch, self.runtime.device,
+            self.precision, self.model_file,
         ).set(1)
         log.info(
-            "serving %s with %s on %s (%d threads; batches of up to %d rows, queue %d rows, deadline %g s)",
-            self.bundle, self.runtime.name, self.runtime.device, s.ort_threads, s.max_batch_size,
-            s.max_queue_rows, s.timeout_s,
+            "serving %s: %s (%s, ROOST_PRECISION=%s) with %s on %s (%d threads; batches of up to %d rows, queue %d rows, deadline %g s)",
+            self.bundle, self.model_file, self.precision, s.precision, self.runtime.name, self.runtime.device, s.ort_threads,
+            s.max_batch_size, s.max_queue_rows, s.timeout_s,
         )
         return self
 
@@ -130,6 +131,32 @@ class RoostModel:
     @property
     def version(self) -> str:
         return self.bundle.version if self.bundle else ""
+
+    @property
+    def model_file(self) -> str:
+        """The bundle file the runtime executes: model.onnx, model.int8.onnx or learner.pkl."""
+        return getattr(self.runtime, "file", "")
+
+    @property
+    def precision(self) -> str:
+        return getattr(self.runtime, "precision", "fp32")
+
+    def info(self) -> dict:
+        """What this worker serves, for GET /model and the OIP model metadata's parameters."""
+        manifest = self.bundle.manifest
+        q = manifest.quantization
+        return {
+            "name": self.name,
+            "version": self.version,
+            "runtime": self.runtime.name,
+            "device": self.runtime.device,
+            "precision": self.precision,
+            "model_file": self.model_file,
+            "requested_precision": self.settings.precision,
+            "arch": manifest.arch,
+            "image_input": manifest.image_input,
+            "int8": None if q is None else {"status": q.status, "file": q.file, "reason": q.reason, "agreement": q.agreement},
+        }
 
     def run_batch(self, rows: np.ndarray) -> np.ndarray:
         """One batch through the runtime (called in a batcher thread)."""

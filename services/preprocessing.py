@@ -2,6 +2,15 @@
 
 Each function reproduces a fastai pipeline step for step; tests/services/test_preprocessing.py
 ties every one of them to fastai's own on real inputs (the parity tests).
+
+Images stop at uint8 pixels: decode -> RGB -> squish resize -> uint8 [H, W, 3]. The image models'
+graphs (bundle format 2) take those and do fastai's IntToFloatTensor (/255), Normalize and the
+HWC -> CHW transpose themselves, so no float math per pixel happens here.
+
+Large JPEGs are decoded at reduced scale (PIL's draft mode: the decoder's own 1/2, 1/4, 1/8 IDCT
+scaling) to no less than DRAFT_MARGIN times the model's input size, then resized as usual;
+tests/services/test_large_photos.py measures label agreement with the full decode on phone-size
+photos (>= 99.5 % required).
 """
 
 from __future__ import annotations
@@ -17,7 +26,10 @@ from services.bundle import ImageSpec, SegmentationSpec
 from services.errors import InvalidInput
 
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
-MAX_IMAGE_PIXELS = 40_000_000
+MAX_IMAGE_PIXELS = 40_000_000  # per image, from its header (before any decoding, draft or not)
+# Draft decoding keeps at least this many times the model's input size in each dimension before the
+# bilinear resize; measured agreement with the full decode is in tests/services/test_large_photos.py.
+DRAFT_MARGIN = 2
 
 
 # A request field that cannot be turned into model input: 400 by default (unreadable), 422 where a
@@ -52,8 +64,20 @@ class PixelBudget:
         self.left -= width * height
 
 
-def decode_image(data: bytes, field: str = "image", budget: PixelBudget | None = None) -> Image.Image:
-    """Encoded image file -> RGB PIL image, as fastai's PILImage.create does (no EXIF rotation)."""
+def draft_size(spec) -> tuple[int, int]:
+    """The smallest decode a JPEG may be drafted to for ``spec``'s input size (width, height)."""
+    return spec.width * DRAFT_MARGIN, spec.height * DRAFT_MARGIN
+
+
+def decode_image(
+    data: bytes, field: str = "image", budget: PixelBudget | None = None, draft: tuple[int, int] | None = None
+) -> Image.Image:
+    """Encoded image file -> RGB PIL image, as fastai's PILImage.create does (no EXIF rotation).
+
+    ``draft`` (width, height): a JPEG at least twice that size in both dimensions is decoded at the
+    largest 1/2, 1/4 or 1/8 scale that stays at or above it (PIL's draft mode); other images are
+    decoded whole. ``img.info["original_size"]`` is the file's own size either way. The per-image
+    limit reads the header; the request's ``budget`` is spent on the pixels actually decoded."""
     if not data:
         raise InputError(field, "is empty; send an encoded image file (JPEG, PNG, ...)")
     if len(data) > MAX_IMAGE_BYTES:
@@ -61,8 +85,11 @@ def decode_image(data: bytes, field: str = "image", budget: PixelBudget | None =
     too_many = f"has too many pixels (the limit is {MAX_IMAGE_PIXELS:,} per image)"
     try:
         img = Image.open(io.BytesIO(data))
+        original = img.size
         if img.width * img.height > MAX_IMAGE_PIXELS:
             raise InputError(field, f"is {img.width}x{img.height}: {too_many}", status=413)
+        if draft is not None and img.format == "JPEG" and img.width >= 2 * draft[0] and img.height >= 2 * draft[1]:
+            img.draft("RGB", draft)  # picks the smallest scale whose size is still >= draft
         if budget is not None:
             budget.spend(field, img.width, img.height)
         img.load()
@@ -72,17 +99,25 @@ def decode_image(data: bytes, field: str = "image", budget: PixelBudget | None =
         raise InputError(field, too_many, status=413) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
         raise InputError(field, "is not a readable image (JPEG, PNG, GIF, BMP, WebP, TIFF ...)") from None
-    return img.convert("RGB")
+    rgb = img if img.mode == "RGB" else img.convert("RGB")
+    rgb.info["original_size"] = original
+    return rgb
 
 
-def _to_chw(img: Image.Image, mean: list[float] | None, std: list[float] | None) -> np.ndarray:
-    # ToTensor (HWC uint8 -> CHW) then IntToFloatTensor (/255) then Normalize, as fastai does.
-    x = np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32) / np.float32(255.0)
+def to_float_nchw(pixels: np.ndarray, mean: list[float] | None, std: list[float] | None) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> float32 [N, 3, H, W] as fastai makes it: ToTensor (HWC -> CHW), then
+    IntToFloatTensor (/255), then Normalize. What the image graphs do inside; here for the fastai
+    runtime and the tests, never on the ONNX serving path."""
+    x = np.asarray(pixels, dtype=np.uint8).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255.0)
     if mean is not None and std is not None:
-        m = np.asarray(mean, dtype=np.float32).reshape(3, 1, 1)
-        s = np.asarray(std, dtype=np.float32).reshape(3, 1, 1)
+        m = np.asarray(mean, dtype=np.float32).reshape(1, 3, 1, 1)
+        s = np.asarray(std, dtype=np.float32).reshape(1, 3, 1, 1)
         x = (x - m) / s
     return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _pixels(img: Image.Image) -> np.ndarray:
+    return np.asarray(img, dtype=np.uint8)
 
 
 def resize_squish(img: Image.Image, width: int, height: int) -> Image.Image:
@@ -92,16 +127,27 @@ def resize_squish(img: Image.Image, width: int, height: int) -> Image.Image:
     return img.resize((width, height), Image.BILINEAR)
 
 
-def image_tensor(img: Image.Image, spec: ImageSpec) -> np.ndarray:
-    """RGB image -> float32 [3, H, W] exactly as the learner's validation pipeline makes it."""
+def image_pixels(img: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """RGB image -> uint8 [H, W, 3], resized as the learner's validation pipeline resizes it: the
+    input of the bundle's graph (which then does /255 and Normalize as fastai does)."""
     if spec.resize_method != "squish":
         raise NotImplementedError(f"resize method {spec.resize_method!r} is not served yet")
-    return _to_chw(resize_squish(img, spec.width, spec.height), spec.mean, spec.std)
+    return _pixels(resize_squish(img, spec.width, spec.height))
+
+
+def segmentation_pixels(img: Image.Image, spec: SegmentationSpec) -> np.ndarray:
+    """RGB image -> uint8 [H, W, 3] at the training size (the model batches one size)."""
+    return _pixels(resize_squish(img, spec.width, spec.height))
+
+
+def image_tensor(img: Image.Image, spec: ImageSpec) -> np.ndarray:
+    """RGB image -> float32 [3, H, W] exactly as fastai's validation pipeline makes it (parity tests)."""
+    return to_float_nchw(image_pixels(img, spec)[None], spec.mean, spec.std)[0]
 
 
 def segmentation_tensor(img: Image.Image, spec: SegmentationSpec) -> np.ndarray:
-    """RGB image -> float32 [3, H, W] at the training size (the model batches one size)."""
-    return _to_chw(resize_squish(img, spec.width, spec.height), spec.mean, spec.std)
+    """RGB image -> float32 [3, H, W] at the training size, as fastai makes it (parity tests)."""
+    return to_float_nchw(segmentation_pixels(img, spec)[None], spec.mean, spec.std)[0]
 
 
 def mask_to_size(mask: np.ndarray, width: int, height: int) -> np.ndarray:

@@ -17,8 +17,8 @@ returned. The answer, per image:
 - `class_fractions`: share of the image's pixels per class (all classes; they sum to 1)
 - `mask` (only with `format=raw`): the same class indices as rows of ints
 
-Open Inference Protocol (docs/oip.md): `image` BYTES [N] (all of one size) or `pixels` FP32
-[N,3,H,W] -> `mask` UINT8 [N,h,w], `class_fractions` FP32 [N,C], as SegmentModel declares below.
+Open Inference Protocol (docs/oip.md): `image` BYTES [N] (all of one size) or `pixels` UINT8
+[N,H,W,3] -> `mask` UINT8 [N,h,w], `class_fractions` FP32 [N,C], as SegmentModel declares below.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ from services import metrics
 from services.model import ModelService, Preprocessed, roost_service, RoostModel
 from services.oip.codec import Tensor, TensorError
 from services.oip.tensors import OipModel, TensorSpec, check_pixels, elements, image_inputs, image_or_pixels
-from services.preprocessing import InputError, PixelBudget, decode_base64, decode_image, mask_to_size, segmentation_tensor
+from services.preprocessing import (
+    InputError, PixelBudget, decode_base64, decode_image, draft_size, mask_to_size, segmentation_pixels,
+)
 from services.registry import MODELS
 from services.upload import UploadedFile
 
@@ -160,16 +162,18 @@ class SegmentModel(RoostModel, OipModel):
         return await super().__call__(request, protocol)
 
     def preprocess(self, images: list[bytes | str]) -> np.ndarray:
-        """Images -> float32 [N, 3, H, W] at the training size (spec.height x spec.width)."""
+        """Images -> uint8 [N, H, W, 3] at the training size (spec.height x spec.width); large JPEGs
+        are decoded at reduced scale, the mask still comes back at the file's own size."""
         if len(images) == 0:
             raise InputError("images", "is empty; send at least one image")
         rows, sizes, budget = [], [], PixelBudget(self.settings.max_request_pixels)
+        draft = draft_size(self.spec)
         for i, item in enumerate(images):
             field = "image" if len(images) == 1 and isinstance(item, bytes) else f"images[{i}]"
             data = decode_base64(item, field) if isinstance(item, str) else item
-            img = decode_image(data, field, budget)
-            sizes.append(img.size)
-            rows.append(segmentation_tensor(img, self.spec))
+            img = decode_image(data, field, budget, draft)
+            sizes.append(img.info.get("original_size", img.size))
+            rows.append(segmentation_pixels(img, self.spec))
         if isinstance(images, Images):
             images.sizes = sizes
         return np.stack(rows)
@@ -207,7 +211,7 @@ class SegmentModel(RoostModel, OipModel):
         return results
 
     # -- Open Inference Protocol: `image` BYTES [N] (encoded files; base64 strings in JSON; all of one
-    # size) or `pixels` FP32 [N,3,H,W] at the training size -> `mask` UINT8 [N,h,w] class indices at
+    # size) or `pixels` UINT8 [N,H,W,3] at the training size -> `mask` UINT8 [N,h,w] class indices at
     # the images' own size (the training size for pixels), `class_fractions` FP32 [N,C].
     def oip_inputs(self) -> list[TensorSpec]:
         return image_inputs(self.spec, "encoded image files of one size, one per row; base64 strings in JSON")

@@ -79,6 +79,7 @@ class Settings:
     bundle: Path | None  # an explicit bundle folder (ROOST_BUNDLE_<MODEL> or ROOST_BUNDLE)
     artifacts: Path  # else the newest bundle under artifacts/<model>/
     runtime: str  # "onnx" (default) or "fastai"
+    precision: str  # "auto" (INT8 on CPU when the bundle has it, else FP32), "fp32" or "int8"
     trusted_key: str | None  # Ed25519 public key (PEM file or text): only bundles it signed are served
     device: str  # "auto", "cpu" or "cuda"
     workers: int  # worker processes, each with its own runtime session and batcher
@@ -112,6 +113,7 @@ def settings_for(model: str) -> Settings:
         bundle=Path(bundle) if bundle else None,
         artifacts=Path(_raw("ROOST_ARTIFACTS") or "artifacts"),
         runtime=_choice("ROOST_RUNTIME", "onnx", ("onnx", "fastai")),
+        precision=_choice("ROOST_PRECISION", "auto", ("auto", "fp32", "int8")),
         trusted_key=_raw("ROOST_TRUSTED_KEY"),
         device=device,
         workers=workers,

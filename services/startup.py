@@ -63,6 +63,9 @@ def check(model: str) -> None:
     bundle = open_bundle(path)
     if bundle.name != model:
         raise RuntimeError(f"{path} holds model '{bundle.name}', not '{model}'")
+    from services.runtime import model_file
+
+    model_file(bundle, settings.precision, cuda=settings.device == "cuda", runtime=settings.runtime)  # ROOST_PRECISION=int8 without one
     if settings.grpc_port:
         problem = _port_free(settings.grpc_host, settings.grpc_port)
         if problem:

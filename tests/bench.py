@@ -16,6 +16,12 @@ One invocation measures, for each of --rounds rounds (default 2), on the model's
   cold start (spawn to /readyz 200) is recorded each round.
 - **batch** (tabular, collab): Roost's batch route (tabular /predict_batch with 256 rows, collab
   /predict with 1024 pairs), rows/s.
+- image models whose bundle has `model.int8.onnx`: the in-process rows again with the INT8 model, and
+  **typed_int8**, **rest_int8**: a second Roost server with ROOST_PRECISION=int8 (the FP32 peers run
+  with ROOST_PRECISION=fp32).
+- **large** (image models): phone-size photos (shared photos upscaled to 4000x3000, JPEG quality 90),
+  in process at batch 1 through FP32 ONNX Runtime: full decode (what the baseline does) vs Roost's
+  draft-mode decode (services/preprocessing.py), images/s and label agreement.
 
 Every server peer runs closed loops at each --concurrency (default 1, 4, 16, 64) for --seconds
 (default 10) after a warm-up: requests/s, p50/p95/p99 latency of the answered requests, errors
@@ -67,8 +73,10 @@ from tests.server import free_port, start_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("ROOST_SHARED_DATASETS", ROOT.parent / "shared" / "datasets"))  # as training/data.py
-PEERS = ("inprocess", "fastai", "baseline", "typed", "rest", "grpc", "batch")
+PEERS = ("inprocess", "fastai", "baseline", "typed", "rest", "grpc", "batch", "typed_int8", "rest_int8", "large")
 ROOST_PEERS = ("typed", "rest", "grpc", "batch")
+INT8_PEERS = ("typed_int8", "rest_int8")
+LARGE_SIZE, LARGE_PHOTOS = (4000, 3000), 8
 TABLES = ("tabular", "collab")
 BATCH_ROWS = {"tabular": 256, "collab": 1024}
 PREAMBLE_MARK = "<!-- bench-peers -->"
@@ -253,32 +261,36 @@ def _rate(step: Callable[[int], int], seconds: float, min_calls: int = 3) -> tup
 
 
 def in_process(model: str, bundle_path: Path, work: Workload, seconds: float, threads: int) -> dict[str, tuple[float, float]]:
-    """(rows/s, rows per CPU s) of the serving pipeline in this process, by batch ('B=8': the limit)."""
+    """(rows/s, rows per CPU s) of the serving pipeline in this process, by batch ('B=8': the FP32
+    limit); image bundles with model.int8.onnx also 'INT8 B=8' and 'INT8 ORT only, B=8'."""
     bundle = open_bundle(bundle_path)
     spec = bundle.spec
     out: dict[str, tuple[float, float]] = {}
     if model in ("bird", "segment"):
-        from services.preprocessing import decode_image, image_tensor, segmentation_tensor, softmax
+        from services.preprocessing import decode_image, image_pixels, segmentation_pixels, softmax
         from services.runtime import OnnxRuntime
 
-        rt = OnnxRuntime(bundle, device="cpu", threads=threads)
-        name = rt.input_names[0]
-        tensor = image_tensor if model == "bird" else segmentation_tensor
+        tensor = image_pixels if model == "bird" else segmentation_pixels
         images = work.rows
+        for precision in ("fp32", "int8") if bundle.manifest.has_int8() else ("fp32",):
+            rt = OnnxRuntime(bundle, device="cpu", threads=threads, precision=precision)
+            name = rt.input_names[0]
+            tag = "" if precision == "fp32" else "INT8 "
 
-        def pipeline(batch: int):
-            def step(i: int) -> int:
-                chunk = [images[(i * batch + k) % len(images)] for k in range(batch)]
-                x = np.stack([tensor(decode_image(b), spec) for b in chunk])
-                y = rt.run({name: x})[0]
-                softmax(y, axis=1).argmax(1)  # labels (bird) / class-index masks (segment)
-                return batch
-            return step
+            def pipeline(batch: int):
+                def step(i: int) -> int:
+                    chunk = [images[(i * batch + k) % len(images)] for k in range(batch)]
+                    x = np.stack([tensor(decode_image(b), spec) for b in chunk])
+                    y = rt.run({name: x})[0]
+                    softmax(y, axis=1).argmax(1)  # labels (bird) / class-index masks (segment)
+                    return batch
+                return step
 
-        out["B=1"] = _rate(pipeline(1), seconds / 4)
-        out["B=8"] = _rate(pipeline(8), seconds / 2)
-        x8 = np.stack([tensor(decode_image(b), spec) for b in images[:8]])
-        out["ORT only, B=8"] = _rate(lambda i: (rt.run({name: x8}), 8)[1], seconds / 4)
+            if not tag:
+                out["B=1"] = _rate(pipeline(1), seconds / 4)
+            out[f"{tag}B=8"] = _rate(pipeline(8), seconds / 2)
+            x8 = np.stack([tensor(decode_image(b), spec) for b in images[:8]])
+            out[f"{tag}ORT only, B=8"] = _rate(lambda i: (rt.run({name: x8}), 8)[1], seconds / 4)
         return out
 
     if model == "tabular":
@@ -301,6 +313,42 @@ def in_process(model: str, bundle_path: Path, work: Workload, seconds: float, th
 
     for batch in (1, 8, BATCH_ROWS[model]):
         out[f"B={batch}"] = _rate(pipeline(batch), seconds / 6)
+    return out
+
+
+def large_photos(model: str, work: Workload, n: int = LARGE_PHOTOS) -> list[bytes]:
+    """Phone-size JPEGs made from the workload's photos: upscaled to 4000x3000, quality 90."""
+    import io
+
+    from PIL import Image
+
+    out = []
+    for data in work.rows[:: max(1, len(work.rows) // n)][:n]:
+        buffer = io.BytesIO()
+        Image.open(io.BytesIO(data)).convert("RGB").resize(LARGE_SIZE, Image.BICUBIC).save(buffer, "JPEG", quality=90)
+        out.append(buffer.getvalue())
+    return out
+
+
+def large_decode(model: str, bundle_path: Path, photos: list[bytes], seconds: float, threads: int) -> dict:
+    """Images/s of decode -> resize -> FP32 ORT at batch 1 on phone-size JPEGs: full decode vs draft decode."""
+    from services.preprocessing import decode_image, draft_size, image_pixels, segmentation_pixels
+    from services.runtime import OnnxRuntime
+
+    bundle = open_bundle(bundle_path)
+    spec = bundle.spec
+    rt = OnnxRuntime(bundle, device="cpu", threads=threads, precision="fp32")
+    name = rt.input_names[0]
+    tensor = image_pixels if model == "bird" else segmentation_pixels
+    out: dict = {"photos": len(photos), "bytes": int(np.mean([len(p) for p in photos]))}
+    labels = {}
+    for how, draft in (("full decode", None), ("draft decode", draft_size(spec))):
+        def step(i: int, draft=draft) -> int:
+            rt.run({name: tensor(decode_image(photos[i % len(photos)], draft=draft), spec)[None]})
+            return 1
+        out[how] = _rate(step, seconds / 2)
+        labels[how] = [rt.run({name: tensor(decode_image(p, draft=draft), spec)[None]})[0].argmax(1) for p in photos]
+    out["agreement"] = float(np.mean([(a == b).mean() for a, b in zip(labels["full decode"], labels["draft decode"])]))
     return out
 
 
@@ -609,6 +657,9 @@ def run_round(args, round_no: int, bundle: Path, work: Workload, tmp: Path, resu
             results["inprocess"].setdefault(round_no, {})[when] = in_process(args.model, bundle, work, args.seconds, cores)
 
     inprocess("start")
+    if "large" in only and args.model not in TABLES:
+        print(f"round {round_no}: large photos (full vs draft decode)", file=sys.stderr, flush=True)
+        results["large"][round_no] = large_decode(args.model, bundle, large_photos(args.model, work), args.seconds, cores)
     if "fastai" in only and args.model in TABLES:
         print(f"round {round_no}: fastai learn.predict", file=sys.stderr, flush=True)
         results["fastai"][round_no] = fastai_predict(args.model, bundle, work)
@@ -627,33 +678,43 @@ def run_round(args, round_no: int, bundle: Path, work: Workload, tmp: Path, resu
             monitor.close()
             server.stop()
 
-    def roost():
-        peers = [p for p in ROOST_PEERS if p in only and (p != "batch" or args.model in TABLES)]
+    def roost(precision: str = "fp32"):
+        if precision == "int8":
+            peers = [p for p in INT8_PEERS if p in only and open_bundle(bundle, verify=False).manifest.has_int8()]
+        else:
+            peers = [p for p in ROOST_PEERS if p in only and (p != "batch" or args.model in TABLES)]
         if not peers:
             return
-        env = {}
+        env = {"ROOST_PRECISION": precision}
         if args.workers != 1:
             env["ROOST_WORKERS"] = str(args.workers)
         if args.ort_threads:
             env["ROOST_ORT_THREADS"] = str(args.ort_threads)
         spawned = time.perf_counter()
         server = start_server(f"services.{args.model}:{args.model.capitalize()}", bundle, tmp, env)
-        results["cold"].setdefault("roost", {})[round_no] = time.perf_counter() - spawned
+        results["cold"].setdefault("roost" if precision == "fp32" else "roost_int8", {})[round_no] = time.perf_counter() - spawned
         monitor = TreeMonitor(server.proc.pid)
         try:
             for peer in peers:
                 target = f"127.0.0.1:{server.grpc_port}" if peer == "grpc" else server.url
+                protocol = peer.removesuffix("_int8")
                 concurrency = ([c for c in args.concurrency if c <= 4] or args.concurrency[:1]) if peer == "batch" else args.concurrency
-                results["points"] += asyncio.run(run_points(peer, round_no, target, work, monitor, concurrency,
-                                                            args.seconds, args.warmup, args.model))
+                points = asyncio.run(run_points(protocol, round_no, target, work, monitor, concurrency,
+                                                args.seconds, args.warmup, args.model))
+                for point in points:
+                    point.peer = peer
+                results["points"] += points
         finally:
             monitor.close()
             code = server.stop()
             if code not in (0, None, -signal.SIGTERM):
                 print(f"roost server exited with {code}; log tail:\n{server.log_text()[-2000:]}", file=sys.stderr)
 
+    def roost_int8():
+        roost("int8")
+
     # alternate the order of the servers between rounds, so drift in the machine's load hits both alike
-    for step in ((baseline, roost) if round_no % 2 else (roost, baseline)):
+    for step in ((baseline, roost, roost_int8) if round_no % 2 else (roost_int8, roost, baseline)):
         print(f"round {round_no}: {step.__name__}", file=sys.stderr, flush=True)
         step()
     inprocess("end")
@@ -664,10 +725,12 @@ def run_round(args, round_no: int, bundle: Path, work: Workload, tmp: Path, resu
 
 
 LABELS = {"baseline": "baseline (FastAPI + onnxruntime)", "typed": "Roost typed `POST /predict`",
-          "rest": "Roost OIP REST (binary)", "grpc": "Roost OIP gRPC (raw)", "batch": "Roost batch route"}
+          "rest": "Roost OIP REST (binary)", "grpc": "Roost OIP gRPC (raw)", "batch": "Roost batch route",
+          "typed_int8": "Roost INT8 typed `POST /predict`", "rest_int8": "Roost INT8 OIP REST (binary)"}
 
 
-SHORT = {"baseline": "baseline", "typed": "Roost typed", "rest": "OIP REST", "grpc": "OIP gRPC"}
+SHORT = {"baseline": "baseline", "typed": "Roost typed", "rest": "OIP REST", "grpc": "OIP gRPC",
+         "typed_int8": "INT8 typed", "rest_int8": "INT8 OIP REST"}
 
 
 def _ratio(x: float) -> str:
@@ -703,6 +766,8 @@ def report(args, bundle: Path, info: dict, results: dict, rounds: list[int], sta
         f"{info['load']}, at end {' '.join(f'{x:.2f}' for x in os.getloadavg())}.",
         f"- Versions: {info['versions']}.",
         f"- Bundle: `{b.name}` version `{b.version}` ({b.manifest.arch}); {config}.",
+        *([f"- INT8 (`model.int8.onnx`): {b.manifest.quantization.status}; {b.manifest.quantization.reason}; held-out "
+           f"figures {b.manifest.quantization.agreement}."] if b.manifest.quantization and b.manifest.quantization.status != "none" else []),
         f"- Command: `{command}` ({len(rounds)} round(s), {args.seconds:g} s per point after a {args.warmup:g} s warm-up; "
         f"{elapsed:.0f} s in all).",
         f"- The load generator (one asyncio process: raw HTTP/1.1 keep-alive connections / grpc.aio, pre-encoded bodies) shares the "
@@ -718,7 +783,7 @@ def report(args, bundle: Path, info: dict, results: dict, rounds: list[int], sta
                   f"| pipeline | {heads} |", "|---|" + "---|" * len(rounds)]
         what = "decode → resize → ORT" if args.model in ("bird", "segment") else "preprocess → ORT → postprocess"
         for k in keys:
-            label = k if k.startswith("ORT") else f"{what}, {k}"
+            label = k if "ORT" in k else f"{what}, {k}"
             cells = []
             for r in rounds:
                 passes = [inproc.get(r, {}).get(w, {}).get(k) for w in ("start", "end")]
@@ -734,12 +799,22 @@ def report(args, bundle: Path, info: dict, results: dict, rounds: list[int], sta
                   + ", ".join(f"round {r} **{_fmt(results['fastai'][r])} rows/s**" for r in rounds if r in results["fastai"]) + ".", ""]
     if results["cold"]:
         lines.append("Cold start, spawn to `/readyz` 200: " + "; ".join(
-            f"{'Roost `bentoml serve`' if k == 'roost' else 'baseline'} " + ", ".join(f"{v:.1f} s" for v in d.values())
+            f"{ {'roost': 'Roost `bentoml serve`', 'roost_int8': 'Roost INT8'}.get(k, 'baseline')} " + ", ".join(f"{v:.1f} s" for v in d.values())
             for k, d in results["cold"].items()) + " (Roost's is polled every 0.5 s by tests/server.py, the baseline's every 0.1 s).")
         lines.append("")
 
     points: list[Point] = results["points"]
-    peers = [p for p in ("baseline", "typed", "rest", "grpc", "batch") if any(q.peer == p for q in points)]
+    large = results.get("large", {})
+    if large:
+        lines += [f"Large photos ({LARGE_PHOTOS} shared photos upscaled to {LARGE_SIZE[0]}x{LARGE_SIZE[1]}, JPEG quality 90; "
+                  "decode → resize → FP32 ORT in process, batch 1), images/s (per CPU second):", "",
+                  "| decode | " + " | ".join(f"round {r}" for r in large) + " |", "|---|" + "---|" * len(large)]
+        for how in ("full decode", "draft decode"):
+            lines.append(f"| {how} | " + " | ".join(f"{v[how][0]:.1f} ({v[how][1]:.1f})" for v in large.values()) + " |")
+        lines.append("| draft ÷ full | " + " | ".join(f"**{v['draft decode'][0] / v['full decode'][0]:.2f}×** "
+                                                     f"(labels agree {100 * v['agreement']:.1f} %)" for v in large.values()) + " |")
+        lines.append("")
+    peers = [p for p in ("baseline", "typed", "rest", "grpc", "batch", *INT8_PEERS) if any(q.peer == p for q in points)]
     if peers:
         lines += ["Requests/s by concurrency (" + ", ".join(f"round {r}" for r in rounds) + " in each cell):", "",
                   "| peer | " + " | ".join(f"c={c}" for c in args.concurrency) + " |", "|---|" + "---|" * len(args.concurrency)]
@@ -782,6 +857,14 @@ def report(args, bundle: Path, info: dict, results: dict, rounds: list[int], sta
             parts.append(f"{SHORT[peer]} {got:.1f} req/s = " + (", ".join(ratios) or "–"))
         if base and limit:
             parts.append(f"baseline {base:.1f} req/s = {_ratio(base / limit)}× in-process B=8")
+        typed, int8 = best(points, "typed", r), best(points, "typed_int8", r)
+        if int8 is not None:
+            int8_rest = best(points, "rest_int8", r)
+            parts.append(f"INT8 typed {int8:.1f} req/s = " + ", ".join(
+                ([f"**{_ratio(int8 / limit)}×** FP32 in-process B=8"] if limit else [])
+                + ([f"**{_ratio(int8 / typed)}×** Roost FP32 typed"] if typed else []))
+                + (f"; INT8 OIP REST {int8_rest:.1f} req/s" + (f" = {_ratio(int8_rest / limit)}× FP32 in-process B=8" if limit else "")
+                   if int8_rest else ""))
         roost1, base1 = p50_at(points, "typed", r), p50_at(points, "baseline", r)
         if roost1 is not None and base1 is not None:
             parts.append(f"p50 at 1 client: Roost {roost1:.1f} ms vs baseline {base1:.1f} ms ({roost1 - base1:+.1f} ms)")
@@ -793,7 +876,7 @@ def report(args, bundle: Path, info: dict, results: dict, rounds: list[int], sta
             parts.append(f"Roost typed one-row requests = {best(points, 'typed', r, 1) / fastai:.1f}× fastai one-row predict")
         if parts:
             summary.append(f"- Round {r}: best at ≥ 4 clients: " + "; ".join(parts) + ".")
-        effs = [(SHORT.get(peer, peer), e) for peer in ("baseline", "typed", "rest", "grpc")
+        effs = [(SHORT.get(peer, peer), e) for peer in ("baseline", "typed", "rest", "grpc", *INT8_PEERS)
                 if (e := best(points, peer, r, per_cpu=True)) is not None]
         if effs and limit_cpu:
             summary.append(f"- Round {r}, per CPU second (robust to other work on the machine; best at ≥ 4 clients): in-process "
@@ -854,7 +937,7 @@ def main(argv: list[str] | None = None) -> None:
     info = machine()
     started, t0 = dt.datetime.now(dt.timezone.utc), time.perf_counter()
     work = workload(args.model)
-    results: dict = {"inprocess": {}, "fastai": {}, "cold": {}, "points": [], "load": {}}
+    results: dict = {"inprocess": {}, "fastai": {}, "cold": {}, "points": [], "load": {}, "large": {}}
     rounds = list(range(1, args.rounds + 1))
     with tempfile.TemporaryDirectory(prefix="roost-bench-") as tmp:
         for r in rounds:

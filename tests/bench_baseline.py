@@ -26,7 +26,7 @@ from PIL import Image
 
 from services.bundle import MODEL_FILE, open_bundle
 from services.preprocessing import (
-    CollabIndex, InvalidInput, TabularEncoder, decode_image, image_tensor, mask_to_size, segmentation_tensor, softmax,
+    CollabIndex, InvalidInput, TabularEncoder, decode_image, image_pixels, mask_to_size, segmentation_pixels, softmax,
 )
 
 
@@ -53,7 +53,7 @@ def create_app() -> FastAPI:
         @app.post("/predict")
         def predict_image(image: UploadFile = File(...)):  # a sync route: FastAPI runs it in its thread pool
             try:
-                x = image_tensor(decode_image(image.file.read()), spec)[None]
+                x = image_pixels(decode_image(image.file.read()), spec)[None]  # uint8 NHWC: the graph normalizes
             except InvalidInput as exc:
                 raise HTTPException(exc.status, exc.message) from None
             return classify(session.run(None, {names[0]: x})[0], spec.vocab)
@@ -65,7 +65,7 @@ def create_app() -> FastAPI:
                 img = decode_image(image.file.read())
             except InvalidInput as exc:
                 raise HTTPException(exc.status, exc.message) from None
-            mask = session.run(None, {names[0]: segmentation_tensor(img, spec)[None]})[0][0].argmax(0).astype(np.uint8)
+            mask = session.run(None, {names[0]: segmentation_pixels(img, spec)[None]})[0][0].argmax(0).astype(np.uint8)
             mask = mask_to_size(mask, img.width, img.height)
             png = io.BytesIO()
             Image.fromarray(mask, mode="L").save(png, format="PNG")

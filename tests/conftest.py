@@ -57,9 +57,10 @@ def bundle_of(tmp_path_factory):
 @pytest.fixture(scope="session")
 def server_of(bundle_of, tmp_path_factory):
     """server_of(model) -> a running `bentoml serve` of `model`'s service on bundle_of(model), with the
-    default settings: started on first use, shared by every module after that (a test that stops it
-    gets a fresh one next time), all stopped at the end of the session. A test that needs other
-    settings starts its own with tests.server.start_server."""
+    default settings except ROOST_PRECISION=fp32 (the parity tests compare with fastai's FP32
+    learner; tests/services/test_precision.py serves INT8): started on first use, shared by every
+    module after that (a test that stops it gets a fresh one next time), all stopped at the end of
+    the session. A test that needs other settings starts its own with tests.server.start_server."""
     from services.registry import MODELS
     from tests.server import start_server
 
@@ -69,7 +70,8 @@ def server_of(bundle_of, tmp_path_factory):
     def get(model: str):
         server = servers.get(model)
         if server is None or server.proc.poll() is not None:
-            server = start_server(MODELS[model].service, bundle_of(model), tmp_path_factory.mktemp(f"{model}-serve"))
+            server = start_server(MODELS[model].service, bundle_of(model), tmp_path_factory.mktemp(f"{model}-serve"),
+                                  {"ROOST_PRECISION": "fp32"})
             servers[model] = server
             started.append(server)
         return server

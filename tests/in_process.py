@@ -33,6 +33,7 @@ def in_process_model(model: str, bundle: Path, runtime: str = "onnx", **settings
     trusted_key = None
     if runtime == "fastai":
         bundle, trusted_key = trusted_copy(Path(bundle))
+    settings.setdefault("precision", "fp32")  # parity with fastai's FP32 learner; INT8: test_precision.py
     config = dataclasses.replace(
         settings_for(model), bundle=Path(bundle), runtime=runtime, trusted_key=trusted_key, **settings
     )

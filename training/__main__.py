@@ -25,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", help="backbone (image models); default: the lesson's")
     parser.add_argument("--no-pretrained", action="store_true", help="train from scratch")
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--no-int8", action="store_true", help="image models: skip the INT8 copy (model.int8.onnx)")
+    parser.add_argument("--int8-min-agreement", type=float,
+                        help="image models' INT8 gate: top-1 (bird) or pixel (segment) agreement with FP32 it must reach "
+                             "(default 0.99 / 0.98; above 1 always refuses)")
     parser.add_argument("--cache", type=Path, default=Path(".cache"), help="downloads, converted weights, FASTAI_HOME")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
@@ -33,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = TrainOptions(
         out=args.out, data=args.data, epochs=args.epochs, size=args.size, bs=args.bs, quick=args.quick,
         arch=args.arch, pretrained=not args.no_pretrained, seed=args.seed, cache=args.cache,
+        int8=not args.no_int8, int8_min_agreement=args.int8_min_agreement,
     )
     recipe = importlib.import_module(f"training.{args.model}")
     bundle = recipe.train(opts)

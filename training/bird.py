@@ -8,9 +8,9 @@ from pathlib import Path
 
 from services.bundle import DataSummary, ImageSpec
 from training.backbone import choose_backbone
-from training.common import TrainOptions, normalize_stats, prepare, save_figure
+from training.common import TrainOptions, int8_plan, normalize_stats, prepare, save_figure
 from training.data import bird_data, subset_per_label, tree_sha256
-from training.export import OnnxSignature, write_bundle
+from training.export import ImageInput, OnnxSignature, write_bundle
 
 log = logging.getLogger("roost.train")
 
@@ -75,7 +75,8 @@ def train(opts: TrainOptions) -> Path:
     dls = learn.dls
     mean, std = normalize_stats(dls)
     spec = ImageSpec(height=size, width=size, resize_method="squish", mean=mean, std=std, vocab=[str(v) for v in dls.vocab])
-    example = dls.valid.one_batch()[0][:2]
+    image_input = ImageInput(mean, std)  # the graph takes uint8 NHWC pixels
+    example = image_input.from_batch(dls.valid.one_batch()[0][:2])
     batch = torch.export.Dim("batch", min=1, max=4096)
     return write_bundle(
         learn,
@@ -96,4 +97,6 @@ def train(opts: TrainOptions) -> Path:
         training_seconds=seconds,
         pictures=pictures(learn),
         settings={"size": size, "epochs": epochs, "quick": opts.quick, "seed": opts.seed, "bs": bs},
+        image_input=image_input,
+        int8=int8_plan(opts, dls.train_ds.items, "image-classification"),
     )

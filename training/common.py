@@ -22,6 +22,22 @@ class TrainOptions:
     pretrained: bool = True
     seed: int = 42
     cache: Path = Path(".cache")
+    int8: bool = True  # image models: quantize to model.int8.onnx, kept only if it passes its gate
+    int8_min_agreement: float | None = None  # None: the gate's default (training/quantize.py)
+
+
+def int8_plan(opts: TrainOptions, items, task: str):
+    """The export's INT8 step for an image model (None when --no-int8)."""
+    if not opts.int8:
+        return None
+    from training.export import Int8Plan
+    from training.quantize import Gate
+
+    gate = Gate()
+    if opts.int8_min_agreement is not None:
+        field = "min_pixel_agreement" if task == "semantic-segmentation" else "min_top1_agreement"
+        gate = Gate(**{**gate.__dict__, field: opts.int8_min_agreement})
+    return Int8Plan(calibration_items=list(items), gate=gate)
 
 
 def prepare(opts: TrainOptions) -> None:

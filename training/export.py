@@ -21,12 +21,15 @@ from typing import Callable
 import numpy as np
 
 from services.bundle import (
+    IMAGE_INPUT,
+    INT8_FILE,
     LEARNER_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     PREPROCESS_FILE,
     DataSummary,
     Manifest,
+    Quantization,
     TensorInfo,
     new_version,
     seal,
@@ -50,6 +53,59 @@ class OnnxSignature:
     output_names: list[str]
     example_inputs: tuple  # torch tensors, batch first
     dynamic_shapes: tuple  # one {axis: torch.export.Dim} per input
+
+
+class ImageInput:
+    """The image models' graph input: uint8 NHWC pixels, as decoded and resized. The exported graph
+    does what fastai's IntToFloatTensor and Normalize do, in the same order and float32 arithmetic
+    (cast, /255, (x - mean) / std) and the NHWC -> NCHW transpose, so a server does no float math per
+    pixel and moves a quarter of the bytes."""
+
+    def __init__(self, mean: list[float] | None, std: list[float] | None):
+        self.mean, self.std = mean, std
+
+    def wrap(self, model):
+        """``model`` (float NCHW, normalized) -> a module that takes uint8 NHWC."""
+        import torch
+        import torch.nn as nn
+
+        mean, std = self.mean, self.std
+
+        class Uint8Nhwc(nn.Module):
+            def __init__(self, net):
+                super().__init__()
+                self.net = net
+                self.normalize = mean is not None and std is not None
+                if self.normalize:
+                    self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+                    self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+            def forward(self, pixels):
+                x = pixels.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+                if self.normalize:
+                    x = (x - self.mean) / self.std
+                return self.net(x)
+
+        return Uint8Nhwc(model).eval()
+
+    def from_batch(self, x):
+        """A fastai batch (float NCHW, /255, normalized) -> the uint8 NHWC pixels it was made from."""
+        import torch
+
+        x = x.as_subclass(torch.Tensor).detach().cpu().float()
+        if self.mean is not None and self.std is not None:
+            x = x * torch.tensor(self.std).view(1, 3, 1, 1) + torch.tensor(self.mean).view(1, 3, 1, 1)
+        return (x * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+@dataclass
+class Int8Plan:
+    """Image models: quantize after the FP32 export (training/quantize.py). ``calibration``: training
+    items (files) that ``dls.test_dl`` turns into validation-style batches."""
+
+    calibration_items: list
+    gate: object = None  # training.quantize.Gate; None: the default gate
+    source: str = "training set"
 
 
 def library_versions() -> dict[str, str]:
@@ -144,10 +200,12 @@ def plain_model(model):
     return model
 
 
-def export_onnx(model, signature: OnnxSignature, path: Path) -> None:
+def export_onnx(model, signature: OnnxSignature, path: Path, image_input: ImageInput | None = None) -> None:
     import torch
 
     plain = plain_model(model)
+    if image_input is not None:
+        plain = image_input.wrap(plain)
     inputs = tuple(t.as_subclass(torch.Tensor).cpu() for t in signature.example_inputs)
     with torch.no_grad():
         torch.onnx.export(
@@ -199,8 +257,12 @@ def _activate(x: np.ndarray, activation: str) -> np.ndarray:
     return x
 
 
-def verify_onnx(learner_pkl: Path, onnx_path: Path, dl, n_inputs: int, activation: str, max_batches: int | None = None) -> dict[str, float]:
-    """Run the validation set through the re-loaded pickle (torch) and model.onnx (onnxruntime)."""
+def verify_onnx(
+    learner_pkl: Path, onnx_path: Path, dl, n_inputs: int, activation: str, max_batches: int | None = None,
+    image_input: ImageInput | None = None,
+) -> dict[str, float]:
+    """Run the validation set through the re-loaded pickle (torch) and model.onnx (onnxruntime); an
+    image graph gets the uint8 NHWC pixels each batch was made from, the pickle fastai's batch."""
     import onnxruntime as ort
     import torch
     from fastai.learner import load_learner
@@ -216,7 +278,8 @@ def verify_onnx(learner_pkl: Path, onnx_path: Path, dl, n_inputs: int, activatio
         xs = [t.as_subclass(torch.Tensor).cpu() for t in batch[:n_inputs]]
         with torch.no_grad():
             expected = _activate(model(*xs).as_subclass(torch.Tensor).float().numpy(), activation)
-        got = _activate(session.run(None, {n: x.numpy() for n, x in zip(names, xs)})[0], activation)
+        feeds = [image_input.from_batch(xs[0])] if image_input is not None else xs
+        got = _activate(session.run(None, {n: x.numpy() for n, x in zip(names, feeds)})[0], activation)
         max_diff = max(max_diff, float(np.abs(expected - got).max()))
         rows += len(expected)
         if activation == "softmax":
@@ -227,6 +290,28 @@ def verify_onnx(learner_pkl: Path, onnx_path: Path, dl, n_inputs: int, activatio
     if total:
         result["argmax_agreement"] = agree / total
     return result
+
+
+def quantize_images(learn, folder: Path, task: str, image_input: ImageInput, plan: Int8Plan, verify_dl) -> Quantization:
+    """model.onnx -> model.int8.onnx in ``folder`` if it passes its gate on the validation set."""
+    import torch
+
+    from training.quantize import CALIBRATION_IMAGES, quantize_model
+
+    items = list(plan.calibration_items)[:CALIBRATION_IMAGES]
+    calibration = np.concatenate([
+        image_input.from_batch(b[0]).numpy() for b in learn.dls.test_dl(items, bs=16, shuffle=False, drop_last=False)
+    ])
+    pixels, labels = [], []
+    for batch in verify_dl:
+        pixels.append(image_input.from_batch(batch[0]).numpy())
+        if task == "image-classification":
+            labels.append(batch[1].as_subclass(torch.Tensor).cpu().numpy())
+    return quantize_model(
+        folder / MODEL_FILE, folder / INT8_FILE, calibration, np.concatenate(pixels),
+        np.concatenate(labels) if labels else None, task,
+        {"split": plan.source, "first": f"{len(items)} items in the split's order"}, plan.gate,
+    )
 
 
 def onnx_tensor_infos(onnx_path: Path) -> tuple[list[TensorInfo], list[TensorInfo]]:
@@ -260,6 +345,8 @@ def write_bundle(
     settings: dict | None = None,
     tolerance: float = 1e-4,
     verify_batches: int | None = None,
+    image_input: ImageInput | None = None,
+    int8: Int8Plan | None = None,
 ) -> Path:
     """Write, verify and seal one bundle; the folder appears under its version only when whole."""
     version = new_version()
@@ -271,12 +358,22 @@ def write_bundle(
     try:
         start = time.perf_counter()
         export_learner(learn, staging / LEARNER_FILE)
-        export_onnx(learn.model, signature, staging / MODEL_FILE)
+        export_onnx(learn.model, signature, staging / MODEL_FILE, image_input)
         write_spec(staging, spec)
-        parity = verify_onnx(staging / LEARNER_FILE, staging / MODEL_FILE, verify_dl, len(signature.input_names), activation, verify_batches)
+        parity = verify_onnx(
+            staging / LEARNER_FILE, staging / MODEL_FILE, verify_dl, len(signature.input_names), activation, verify_batches, image_input
+        )
         log.info("export parity, ONNX Runtime vs re-loaded learner.pkl: %s", parity)
         if parity["max_abs_diff"] > tolerance or parity.get("argmax_agreement", 1.0) < 1.0:
             raise ExportError(f"ONNX export does not match the learner: {parity} (tolerance {tolerance})")
+        if int8 is not None and image_input is not None:
+            quantization = quantize_images(learn, staging, task, image_input, int8, verify_dl)
+        elif image_input is not None:
+            quantization = Quantization(status="none", reason="not asked for (--no-int8)")
+        else:
+            from training.quantize import not_offered
+
+            quantization = not_offered(task)
         pictures(staging)
         inputs, outputs = onnx_tensor_infos(staging / MODEL_FILE)
         commit, dirty = code_revision()
@@ -300,6 +397,8 @@ def write_bundle(
                 settings=settings or {},
                 git_commit=commit,
                 git_dirty=dirty,
+                image_input=IMAGE_INPUT if image_input is not None else None,
+                quantization=quantization,
             ),
         )
         signing_key = os.environ.get(SIGNING_KEY_ENV)
@@ -315,4 +414,4 @@ def write_bundle(
         raise
 
 
-__all__ = ["OnnxSignature", "write_bundle", "export_onnx", "verify_onnx", "ExportError", "Manifest"]
+__all__ = ["ImageInput", "Int8Plan", "OnnxSignature", "write_bundle", "export_onnx", "verify_onnx", "ExportError", "Manifest"]

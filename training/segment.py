@@ -26,9 +26,9 @@ from pathlib import Path
 
 from services.bundle import DataSummary, SegmentationSpec
 from training.backbone import Backbone, choose_backbone
-from training.common import TrainOptions, normalize_stats, prepare, save_figure
+from training.common import TrainOptions, int8_plan, normalize_stats, prepare, save_figure
 from training.data import DataSource, lesson_sample, tree_sha256
-from training.export import OnnxSignature, write_bundle
+from training.export import ImageInput, OnnxSignature, write_bundle
 
 log = logging.getLogger("roost.train")
 
@@ -213,8 +213,9 @@ def train(opts: TrainOptions) -> Path:
 
     dls = learn.dls
     mean, std = normalize_stats(dls)
-    example = dls.valid.one_batch()[0][:2]
-    height, width = (int(s) for s in example.shape[-2:])
+    image_input = ImageInput(mean, std)  # the graph takes uint8 NHWC pixels
+    example = image_input.from_batch(dls.valid.one_batch()[0][:2])
+    height, width = (int(s) for s in example.shape[1:3])
     spec = SegmentationSpec(height=height, width=width, mean=mean, std=std, codes=mask_codes(dls), size_multiple=SIZE_MULTIPLE)
     dim = torch.export.Dim
     batch = dim("batch", min=1, max=4096)
@@ -228,7 +229,7 @@ def train(opts: TrainOptions) -> Path:
         out_root=opts.out,
         spec=spec,
         signature=OnnxSignature(
-            ["image"], ["logits"], (example,), ({0: batch, 2: SIZE_MULTIPLE * h32, 3: SIZE_MULTIPLE * w32},)
+            ["image"], ["logits"], (example,), ({0: batch, 1: SIZE_MULTIPLE * h32, 2: SIZE_MULTIPLE * w32},)
         ),
         verify_dl=dls.valid,
         activation="softmax",
@@ -245,4 +246,6 @@ def train(opts: TrainOptions) -> Path:
             "epochs": epochs, "quick": opts.quick, "seed": opts.seed, "bs": bs, "height": height, "width": width,
             "lesson_arch": LESSON_ARCH, "arch": backbone.arch_name,
         },
+        image_input=image_input,
+        int8=int8_plan(opts, dls.train_ds.items, "semantic-segmentation"),
     )

@@ -73,6 +73,8 @@ class OipCore:
             "platform": PLATFORMS.get(model.settings.runtime, model.settings.runtime),
             "inputs": [t.to_json() for t in self._inputs],
             "outputs": [t.to_json() for t in self._outputs],
+            # What runs (REST only: gRPC's ModelMetadataResponse has no parameters field); GET /model has more.
+            "parameters": {"model_file": model.model_file, "precision": model.precision, "device": model.runtime.device},
         }
 
     @property

@@ -6,7 +6,7 @@
 Sends the same one-image request n times per protocol, sequentially and interleaved (so load from
 elsewhere hits every protocol alike), after 10 warm-up calls each, and prints p50/p90 in ms:
 typed HTTP (`POST /predict`, multipart), OIP REST (tritonclient.http, binary BYTES), OIP gRPC
-(tritonclient.grpc, raw BYTES), and both OIP protocols with pre-processed FP32 `pixels`.
+(tritonclient.grpc, raw BYTES), and both OIP protocols with pre-processed UINT8 `pixels` (NHWC).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     grpc = tg.InferenceServerClient(args.grpc)
     meta = rest.get_model_metadata(args.model)
     pixel_shape = next([1, *t["shape"][1:]] for t in meta["inputs"] if t["name"] == "pixels")
-    pixels = np.random.default_rng(0).random(pixel_shape, dtype=np.float32)
+    pixels = np.random.default_rng(0).integers(0, 256, pixel_shape, dtype=np.uint8)
     images = np.array([image], dtype=object)
 
     def typed():
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         "typed HTTP /predict": typed,
         "OIP REST image": oip(rest, th, "image", "BYTES", images),
         "OIP gRPC image": oip(grpc, tg, "image", "BYTES", images),
-        "OIP REST pixels": oip(rest, th, "pixels", "FP32", pixels),
-        "OIP gRPC pixels": oip(grpc, tg, "pixels", "FP32", pixels),
+        "OIP REST pixels": oip(rest, th, "pixels", "UINT8", pixels),
+        "OIP gRPC pixels": oip(grpc, tg, "pixels", "UINT8", pixels),
     }
     for call in calls.values():
         for _ in range(10):

@@ -113,11 +113,9 @@ def check_rows(model: OipModel, tensors: dict[str, Tensor]) -> int:
 
 
 def check_pixels(tensor: Tensor) -> np.ndarray:
-    """A pre-processed FP32 tensor as contiguous float32 rows; finite values only."""
-    rows = np.ascontiguousarray(tensor.data, dtype=np.float32)
-    if not np.isfinite(rows).all():
-        raise TensorError(f"input '{tensor.name}': holds NaN or infinite values")
-    return rows
+    """A `pixels` tensor (UINT8 [N,H,W,3], checked against its spec) as contiguous uint8 rows: what
+    the image graphs take."""
+    return np.ascontiguousarray(tensor.data, dtype=np.uint8)
 
 
 # --- per-row elements -----------------------------------------------------------------------------
@@ -148,7 +146,8 @@ def image_inputs(spec, image_doc: str) -> list[TensorSpec]:
     """Image models take encoded files (`image`) or already-preprocessed pixels (`pixels`)."""
     return [
         TensorSpec("image", "BYTES", (-1,), doc=image_doc),
-        TensorSpec("pixels", "FP32", (-1, 3, spec.height, spec.width), doc="preprocessed: resized, /255, normalized, CHW"),
+        TensorSpec("pixels", "UINT8", (-1, spec.height, spec.width, 3),
+                   doc="decoded RGB pixels resized (squish) to the model's size, NHWC; the model scales and normalizes"),
     ]
 
 
@@ -156,7 +155,7 @@ def image_or_pixels(model: OipModel, tensors: dict[str, Tensor]) -> int:
     """Exactly one of `image` / `pixels` came, with known names; returns the row count."""
     check_names(model, tensors, set())
     if len(tensors) != 1:
-        raise TensorError("send exactly one of the inputs 'image' (BYTES) or 'pixels' (FP32)")
+        raise TensorError("send exactly one of the inputs 'image' (BYTES) or 'pixels' (UINT8)")
     return check_rows(model, tensors)
 
 

@@ -11,7 +11,7 @@ def test_every_public_metric_is_registered_under_its_documented_name():
     metrics.IN_FLIGHT.labels("bird").inc()
     metrics.IN_FLIGHT.labels("bird").dec()
     metrics.REJECTED.labels("bird", "queue_full").inc()
-    metrics.MODEL_INFO.labels("bird", "v1", "onnx", "resnet18", "cpu").set(1)
+    metrics.MODEL_INFO.labels("bird", "v1", "onnx", "resnet18", "cpu", "int8", "model.int8.onnx").set(1)
     metrics.QUEUE_ROWS.labels("bird").set(0)
     metrics.QUEUE_SECONDS.labels("bird").observe(0.001)
     metrics.BATCHES.labels("bird", "idle").inc()

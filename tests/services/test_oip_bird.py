@@ -57,10 +57,10 @@ def image_input(module, binary=True):
 
 
 def pixels_input(module, spec, binary=True):
-    from services.preprocessing import decode_image, image_tensor
+    from services.preprocessing import decode_image, image_pixels
 
-    pixels = np.stack([image_tensor(decode_image(i), spec) for i in IMAGES])
-    inp = module.InferInput("pixels", list(pixels.shape), "FP32")
+    pixels = np.stack([image_pixels(decode_image(i), spec) for i in IMAGES])
+    inp = module.InferInput("pixels", list(pixels.shape), "UINT8")
     if module.__name__.endswith("http"):
         inp.set_data_from_numpy(pixels, binary_data=binary)
     else:
@@ -95,7 +95,7 @@ def test_health_over_http_and_grpc(server, bundle):
 
 def test_metadata_over_http_and_grpc(server, bundle, spec):
     h, g = http_client(server), grpc_client(server)
-    expected_inputs = [("image", "BYTES", [-1]), ("pixels", "FP32", [-1, 3, spec.height, spec.width])]
+    expected_inputs = [("image", "BYTES", [-1]), ("pixels", "UINT8", [-1, spec.height, spec.width, 3])]
     expected_outputs = [("label", "BYTES", [-1]), ("probability", "FP32", [-1]),
                         ("probabilities", "FP32", [-1, len(spec.vocab)])]
     meta = h.get_model_metadata("bird")
@@ -138,7 +138,7 @@ def test_grpc_typed_contents_equal_typed(server, typed, spec, bundle):
     import grpc
     from tritonclient.grpc import service_pb2, service_pb2_grpc
 
-    from services.preprocessing import decode_image, image_tensor
+    from services.preprocessing import decode_image, image_pixels
 
     with grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}") as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -148,9 +148,9 @@ def test_grpc_typed_contents_equal_typed(server, typed, spec, bundle):
                 t = request.inputs.add(name="image", datatype="BYTES", shape=[len(IMAGES)])
                 t.contents.bytes_contents.extend(IMAGES)
             else:
-                pixels = np.stack([image_tensor(decode_image(i), spec) for i in IMAGES])
-                t = request.inputs.add(name="pixels", datatype="FP32", shape=list(pixels.shape))
-                t.contents.fp32_contents.extend(pixels.reshape(-1).tolist())
+                pixels = np.stack([image_pixels(decode_image(i), spec) for i in IMAGES])
+                t = request.inputs.add(name="pixels", datatype="UINT8", shape=list(pixels.shape))
+                t.contents.uint_contents.extend(pixels.reshape(-1).tolist())
             response = stub.ModelInfer(request, timeout=60)
             assert response.id == kind and not response.raw_output_contents
             out = {o.name: o for o in response.outputs}
@@ -167,8 +167,8 @@ def test_errors_over_http(server, spec):
     from tritonclient.utils import InferenceServerException
 
     h = http_client(server)
-    wrong_shape = th.InferInput("pixels", [1, 3, spec.height + 1, spec.width], "FP32")
-    wrong_shape.set_data_from_numpy(np.zeros((1, 3, spec.height + 1, spec.width), np.float32))
+    wrong_shape = th.InferInput("pixels", [1, spec.height + 1, spec.width, 3], "UINT8")
+    wrong_shape.set_data_from_numpy(np.zeros((1, spec.height + 1, spec.width, 3), np.uint8))
     wrong_type = th.InferInput("image", [1], "INT64")
     wrong_type.set_data_from_numpy(np.zeros(1, np.int64))
     not_image = th.InferInput("image", [1], "BYTES")
@@ -196,10 +196,10 @@ def test_errors_over_grpc(server, spec):
     from tritonclient.utils import InferenceServerException
 
     g = grpc_client(server)
-    wrong_shape = tg.InferInput("pixels", [1, 3, spec.height, spec.width + 1], "FP32")
-    wrong_shape.set_data_from_numpy(np.zeros((1, 3, spec.height, spec.width + 1), np.float32))
-    wrong_type = tg.InferInput("pixels", [1, 3, spec.height, spec.width], "FP16")
-    wrong_type.set_data_from_numpy(np.zeros((1, 3, spec.height, spec.width), np.float16))
+    wrong_shape = tg.InferInput("pixels", [1, spec.height, spec.width + 1, 3], "UINT8")
+    wrong_shape.set_data_from_numpy(np.zeros((1, spec.height, spec.width + 1, 3), np.uint8))
+    wrong_type = tg.InferInput("pixels", [1, spec.height, spec.width, 3], "FP32")
+    wrong_type.set_data_from_numpy(np.zeros((1, spec.height, spec.width, 3), np.float32))
     both = [image_input(tg), pixels_input(tg, spec)]
     cases = {
         "unknown model": (lambda: g.infer("cat", [image_input(tg)]), "StatusCode.NOT_FOUND"),
@@ -255,7 +255,7 @@ def test_grpc_rest_and_typed_requests_share_batches(server_batch_32, spec):
     import tritonclient.grpc as tg
     import tritonclient.http as th
 
-    pixels = np.random.default_rng(0).random((3, 3, spec.height, spec.width), dtype=np.float32)
+    pixels = np.random.default_rng(0).integers(0, 256, (3, spec.height, spec.width, 3), dtype=np.uint8)
     blocker = np.random.default_rng(1).random((64, 3, spec.height, spec.width), dtype=np.float32)
     typed_body = {"images": [base64.b64encode(IMAGES[0]).decode()] * 3}
     errors: list[BaseException] = []
@@ -271,14 +271,14 @@ def test_grpc_rest_and_typed_requests_share_batches(server_batch_32, spec):
     def rest(rows):
         def call():
             client = http_client(server)  # tritonclient.http is not thread-safe: one per thread
-            inp = th.InferInput("pixels", list(rows.shape), "FP32")
+            inp = th.InferInput("pixels", list(rows.shape), "UINT8")
             inp.set_data_from_numpy(rows)
             assert client.infer("bird", [inp]).as_numpy("label").shape == (len(rows),)
             client.close()
         return call
 
     def grpc_call():
-        inp = tg.InferInput("pixels", list(pixels.shape), "FP32")
+        inp = tg.InferInput("pixels", list(pixels.shape), "UINT8")
         inp.set_data_from_numpy(pixels)
         assert grpc_client(server).infer("bird", [inp]).as_numpy("label").shape == (3,)
 

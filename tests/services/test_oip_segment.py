@@ -1,6 +1,6 @@
 """Open Inference Protocol against the real segmentation (CamVid U-Net) server, via tritonclient.
 
-`image` BYTES (encoded files of one size) or `pixels` FP32 [N,3,H,W]; `mask` UINT8 [N,h,w] back.
+`image` BYTES (encoded files of one size) or `pixels` UINT8 [N,H,W,3]; `mask` UINT8 [N,h,w] back.
 Set ROOST_TEST_BUNDLE_SEGMENT=<bundle dir> to reuse a bundle instead of training a quick one.
 """
 
@@ -66,7 +66,7 @@ def test_health_and_metadata(server, bundle, spec):
     assert h.is_model_ready("segment", bundle.name) and g.is_model_ready("segment")
     meta = g.get_model_metadata("segment", as_json=True)
     assert [(t["name"], t["datatype"], [int(d) for d in t["shape"]]) for t in meta["inputs"]] == [
-        ("image", "BYTES", [-1]), ("pixels", "FP32", [-1, 3, spec.height, spec.width])]
+        ("image", "BYTES", [-1]), ("pixels", "UINT8", [-1, spec.height, spec.width, 3])]
     assert [(t["name"], t["datatype"]) for t in meta["outputs"]] == [("mask", "UINT8"), ("class_fractions", "FP32")]
 
 
@@ -91,11 +91,11 @@ def test_pixels_and_typed_contents(server, typed, spec):
     import tritonclient.grpc as tg
     from tritonclient.grpc import service_pb2
 
-    from services.preprocessing import decode_image, segmentation_tensor
+    from services.preprocessing import decode_image, segmentation_pixels
 
     sizes = {Image.open(io.BytesIO(i)).size for i in IMAGES}
-    pixels = np.stack([segmentation_tensor(decode_image(i), spec) for i in IMAGES])
-    r = grpc_client(server).infer("segment", [make_input(tg, "pixels", "FP32", pixels)])
+    pixels = np.stack([segmentation_pixels(decode_image(i), spec) for i in IMAGES])
+    r = grpc_client(server).infer("segment", [make_input(tg, "pixels", "UINT8", pixels)])
     if sizes == {(spec.width, spec.height)}:  # at the training size, pixels give the typed masks
         assert_same(r.as_numpy("mask"), r.as_numpy("class_fractions"), typed)
     assert r.as_numpy("mask").shape == (len(IMAGES), spec.height, spec.width)
@@ -120,7 +120,7 @@ def test_errors(server, spec):
     Image.open(io.BytesIO(IMAGES[0])).resize((40, 30)).save(small, "PNG")
     mixed = np.array([IMAGES[0], small.getvalue()], dtype=object)
     assert "share a size" in expect_error(lambda: h.infer("segment", [make_input(th, "image", "BYTES", mixed)]), "400")
-    wrong = np.zeros((1, 3, spec.height, spec.width + 32), np.float32)
-    assert "shape" in expect_error(lambda: g.infer("segment", [make_input(tg, "pixels", "FP32", wrong)]), "StatusCode.INVALID_ARGUMENT")
-    ints = np.zeros((1, 3, spec.height, spec.width), np.int32)
+    wrong = np.zeros((1, spec.height, spec.width + 32, 3), np.uint8)
+    assert "shape" in expect_error(lambda: g.infer("segment", [make_input(tg, "pixels", "UINT8", wrong)]), "StatusCode.INVALID_ARGUMENT")
+    ints = np.zeros((1, spec.height, spec.width, 3), np.int32)
     assert "datatype" in expect_error(lambda: g.infer("segment", [make_input(tg, "pixels", "INT32", ints)]), "StatusCode.INVALID_ARGUMENT")

@@ -8,20 +8,51 @@ import pytest
 from PIL import Image
 
 from services.bundle import open_bundle
-from services.preprocessing import InputError, decode_base64, decode_image, image_tensor, mask_to_size
+from services.preprocessing import (
+    InputError, decode_base64, decode_image, image_pixels, image_tensor, mask_to_size, to_float_nchw,
+)
 from tests.conftest import BIRD_EXAMPLES, SHARED
+
+
+def parity_photos():
+    photos = sorted((SHARED / "bird_or_forest" / "bird").iterdir())[:10] + sorted((SHARED / "bird_or_forest" / "forest").iterdir())[:10]
+    return photos + [p for p in (SHARED / "bird_or_forest").rglob("*.png")][:3] + sorted(BIRD_EXAMPLES.iterdir())
 
 
 @pytest.mark.slow
 def test_image_tensor_equals_fastai_validation_pipeline(bird_bundle, learner_of):
     learn = learner_of("bird")
     spec = open_bundle(bird_bundle).spec
-    photos = sorted((SHARED / "bird_or_forest" / "bird").iterdir())[:10] + sorted((SHARED / "bird_or_forest" / "forest").iterdir())[:10]
-    photos += [p for p in (SHARED / "bird_or_forest").rglob("*.png")][:3] + sorted(BIRD_EXAMPLES.iterdir())
+    photos = parity_photos()
     expected = learn.dls.test_dl(photos, bs=len(photos)).one_batch()[0].numpy()
     ours = np.stack([image_tensor(decode_image(p.read_bytes()), spec) for p in photos])
     assert ours.shape == expected.shape
     assert np.abs(ours - expected).max() <= 1e-5
+    pixels = np.stack([image_pixels(decode_image(p.read_bytes()), spec) for p in photos])
+    assert pixels.dtype == np.uint8 and pixels.shape == (len(photos), spec.height, spec.width, 3)
+    assert np.abs(to_float_nchw(pixels, spec.mean, spec.std) - expected).max() <= 1e-5
+
+
+@pytest.mark.slow
+def test_uint8_graph_on_our_pixels_equals_the_learner_on_fastais_batch(bird_bundle, learner_of):
+    """The served graph takes uint8 NHWC pixels and normalizes inside: same logits as fastai's
+    learner on fastai's own float batch (real photos)."""
+    import onnxruntime as ort
+    import torch
+
+    learn = learner_of("bird")
+    bundle = open_bundle(bird_bundle)
+    spec = bundle.spec
+    assert bundle.manifest.image_input == "uint8-nhwc" and bundle.manifest.onnx_inputs[0].dtype == "uint8"
+    photos = parity_photos()
+    batch = learn.dls.test_dl(photos, bs=len(photos)).one_batch()[0]
+    with torch.no_grad():
+        expected = learn.model.eval()(batch.as_subclass(torch.Tensor)).numpy()
+    session = ort.InferenceSession(str(bird_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+    pixels = np.stack([image_pixels(decode_image(p.read_bytes()), spec) for p in photos])
+    got = session.run(None, {session.get_inputs()[0].name: pixels})[0]
+    assert np.abs(got - expected).max() <= 1e-4
+    assert (got.argmax(1) == expected.argmax(1)).all()
 
 
 def png_bytes(mode="RGB", size=(20, 10)):

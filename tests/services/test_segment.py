@@ -47,7 +47,11 @@ def test_numpy_preprocessing_equals_fastais_pipeline(model, learner, tmp_path):
             path = tmp_path / f"{mode}.png"
             im.convert(mode).save(path)
             paths.append(path)
-    ours = model.preprocess([p.read_bytes() for p in paths])
+    from services.preprocessing import to_float_nchw
+
+    pixels = model.preprocess([p.read_bytes() for p in paths])  # what the graph takes: uint8 NHWC
+    assert pixels.dtype == np.uint8 and pixels.shape == (len(paths), 96, 128, 3)
+    ours = to_float_nchw(pixels, model.spec.mean, model.spec.std)  # what the graph does with it
     theirs = learner.dls.test_dl(paths).one_batch()[0].as_subclass(__import__("torch").Tensor).numpy()
     assert ours.dtype == np.float32 and ours.shape == theirs.shape == (len(paths), 3, 96, 128)
     assert np.abs(ours - theirs).max() <= 1e-6

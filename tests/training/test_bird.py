@@ -28,6 +28,43 @@ def test_quick_training_writes_a_sealed_verified_bundle(bird_bundle):
     assert m.versions["fastai"].startswith("2.8") and m.versions["torch"] == "2.14.1"
     assert bundle.spec.vocab == ["bird", "forest"]
     assert m.onnx_inputs[0].shape[0] == "batch"  # dynamic batch axis
+    assert m.onnx_inputs[0].shape[1:] == [bundle.spec.height, bundle.spec.width, 3] and m.onnx_inputs[0].dtype == "uint8"
+    assert m.format == 2 and m.image_input == "uint8-nhwc"
+
+
+def test_quick_bundle_records_its_int8_verdict(bird_bundle):
+    """model.int8.onnx is in the bundle exactly when it passed its gate on the validation set; either
+    way the manifest holds the figures, the gate, the calibration set and the settings."""
+    m = open_bundle(bird_bundle).manifest
+    q = m.quantization
+    assert q.status in ("written", "refused"), q
+    assert {"top1_agreement", "fp32_error_rate", "int8_error_rate", "images"} <= set(q.agreement)
+    assert q.agreement["images"] == m.data.n_valid
+    assert q.gate == {"min_top1_agreement": 0.99, "max_error_increase": 0.01}
+    assert q.calibration["split"] == "training set" and 0 < q.calibration["images"] <= min(128, m.data.n_train)
+    assert q.settings["format"] == "QDQ" and q.settings["per_channel"] and q.settings["activations"] == "uint8"
+    assert q.settings["weights"] == "int8"
+    written = q.status == "written"
+    assert written == ("model.int8.onnx" in m.files) == (bird_bundle / "model.int8.onnx").exists() == m.has_int8()
+    passed = q.agreement["top1_agreement"] >= 0.99 and q.agreement["int8_error_rate"] - q.agreement["fp32_error_rate"] <= 0.01
+    assert written == passed, q.reason
+
+
+def test_a_gate_that_cannot_be_met_leaves_fp32_only_with_the_figures(bird_bundle, tmp_path):
+    """The refusal path: the same quantization held to an impossible agreement (above 1)."""
+    from services.preprocessing import decode_image, image_pixels
+    from training.quantize import Gate, quantize_model
+
+    spec = open_bundle(bird_bundle).spec
+    files = sorted((SHARED / "bird_or_forest" / "bird").iterdir())[:12] + sorted((SHARED / "bird_or_forest" / "forest").iterdir())[:12]
+    x = np.stack([image_pixels(decode_image(f.read_bytes()), spec) for f in files])
+    y = np.array([spec.vocab.index(f.parent.name) for f in files])
+    out = tmp_path / "model.int8.onnx"
+    q = quantize_model(bird_bundle / "model.onnx", out, x[::2], x[1::2], y[1::2], "image-classification",
+                       {"split": "test photos"}, Gate(min_top1_agreement=1.01))
+    assert q.status == "refused" and q.file is None and not out.exists() and not list(tmp_path.iterdir())
+    assert "< 1.01" in q.reason and 0 <= q.agreement["top1_agreement"] <= 1 and q.agreement["images"] == 12
+    assert q.gate["min_top1_agreement"] == 1.01 and q.calibration["images"] == 12
 
 
 def test_onnx_model_takes_any_batch_size(bird_bundle):
@@ -36,7 +73,7 @@ def test_onnx_model_takes_any_batch_size(bird_bundle):
     spec = json.loads((bird_bundle / "preprocess.json").read_text())
     session = ort.InferenceSession(str(bird_bundle / "model.onnx"), providers=["CPUExecutionProvider"])
     for n in (1, 3, 17):
-        x = np.random.default_rng(n).standard_normal((n, 3, spec["height"], spec["width"])).astype(np.float32)
+        x = np.random.default_rng(n).integers(0, 256, (n, spec["height"], spec["width"], 3), dtype=np.uint8)
         assert session.run(None, {"image": x})[0].shape == (n, 2)
 
 

@@ -41,9 +41,13 @@ def test_quick_training_writes_a_sealed_verified_bundle(bundle_dir):
     assert spec.kind == "segmentation" and spec.codes == list(np.loadtxt(CAMVID / "codes.txt", dtype=str))
     assert (spec.height, spec.width) == (96, 128)  # the lesson has no Resize: CamVid-tiny's own size
     assert (spec.mean is None) == m.weights.startswith("none")  # ImageNet stats only with pretrained weights
-    batch, channels, height, width = m.onnx_inputs[0].shape
+    batch, height, width, channels = m.onnx_inputs[0].shape  # uint8 NHWC pixels (bundle format 2)
     assert batch == "batch" and channels == 3 and "height" in height and "width" in width
+    assert m.onnx_inputs[0].dtype == "uint8" and m.image_input == "uint8-nhwc" and m.format == 2
     assert m.onnx_outputs[0].shape[1] == len(spec.codes)
+    q = m.quantization  # INT8: written if it passed its gate, else the reason and the figures
+    assert q.status in ("written", "refused") and "pixel_agreement" in q.agreement and q.gate == {"min_pixel_agreement": 0.98}
+    assert (q.status == "written") == ("model.int8.onnx" in m.files) == (bundle_dir / "model.int8.onnx").exists()
 
 
 def test_onnx_takes_any_batch_and_any_multiple_of_32_and_matches_the_pickle(bundle_dir, learner):
@@ -55,12 +59,15 @@ def test_onnx_takes_any_batch_and_any_multiple_of_32_and_matches_the_pickle(bund
     session = ort.InferenceSession(str(bundle_dir / "model.onnx"), providers=["CPUExecutionProvider"])
     model = learner.model.eval()
     rng = np.random.default_rng(0)
+    from services.preprocessing import to_float_nchw
+
+    spec = open_bundle(bundle_dir).spec
     for n, h, w in ((1, 96, 128), (3, 64, 96), (2, 160, 224)):
-        x = rng.standard_normal((n, 3, h, w)).astype(np.float32)
-        got = session.run(None, {"image": x})[0]
+        pixels = rng.integers(0, 256, (n, h, w, 3), dtype=np.uint8)  # the graph takes uint8 NHWC
+        got = session.run(None, {"image": pixels})[0]
         assert got.shape == (n, 32, h, w)
         with torch.no_grad():
-            expected = model(torch.from_numpy(x)).as_subclass(torch.Tensor).numpy()
+            expected = model(torch.from_numpy(to_float_nchw(pixels, spec.mean, spec.std))).as_subclass(torch.Tensor).numpy()
         assert np.abs(softmax(got, axis=1) - softmax(expected, axis=1)).max() <= 1e-4
         assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.999
 
