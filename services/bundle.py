@@ -59,6 +59,10 @@ class ImageSpec(_Spec):
     mean: list[float] | None = None  # None: fastai added no Normalize (no pretrained stats)
     std: list[float] | None = None
     vocab: list[str]
+    # Multi-label (imported learners, `python -m training import`): sigmoid per class, and every
+    # class whose probability passes `threshold` is a label (fastai's BCEWithLogitsLossFlat.thresh).
+    multi_label: bool = False
+    threshold: float = 0.5
 
 
 class SegmentationSpec(_Spec):
@@ -84,7 +88,8 @@ class TabularSpec(_Spec):
     means: dict[str, float]
     stds: dict[str, float]
     y_name: str
-    vocab: list[str]
+    vocab: list[str]  # classes; [] for a regressor
+    regression: bool = False  # imported regressors: the network's output is the value itself
 
 
 class CollabSpec(_Spec):

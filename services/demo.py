@@ -111,7 +111,7 @@ def tabular_fields(spec) -> list[dict]:
 def create_app(service):
     from starlette.applications import Starlette
     from starlette.middleware import Middleware
-    from starlette.responses import FileResponse, JSONResponse
+    from starlette.responses import FileResponse, JSONResponse, RedirectResponse
     from starlette.routing import Mount, Route
     from starlette.staticfiles import StaticFiles
 
@@ -119,13 +119,19 @@ def create_app(service):
     from services.oip import find_model
     from services.openapi import roost_openapi
 
-    page = STATIC / f"{service.inner.model_class.name}.html"
+    model_class = service.inner.model_class
+    # An imported model (services/imported.py) uses its task's page where the answers are the same;
+    # None: no page fits (tables of any columns, multi-label): / shows the API docs instead.
+    page_name = getattr(model_class, "demo_page", model_class.name)
+    page = STATIC / f"{page_name}.html" if page_name else None
     cached: dict = {}
 
     def model():
         return find_model(bentoml.get_current_service())
 
     async def index(request):
+        if page is None:
+            return RedirectResponse("/docs", status_code=307)
         return FileResponse(page, headers={"cache-control": "no-cache"})
 
     async def docs(request):

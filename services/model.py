@@ -250,6 +250,17 @@ class RoostModel:
             await self.batcher.close(timeout)
 
 
+def serve_target_is(cls) -> bool:
+    """Whether `bentoml serve` was asked for this class (``module:Class`` on its command line); True
+    where it names none (a bentofile). services/imported.py builds its service from a lesson model's
+    service class: importing that lesson module must not check the lesson model's bundle."""
+    import re
+    import sys
+
+    targets = [a for a in sys.argv[1:] if re.fullmatch(r"[\w.]+:[\w.]+", a)]
+    return not targets or f"{cls.__module__}:{cls.__name__}" in targets
+
+
 def roost_service(cls):
     """``bentoml.service`` for a model's :class:`ModelService`, with Roost's conventions: worker
     count and deadline from settings, pickle bodies refused, admission and body limits before any
@@ -264,7 +275,7 @@ def roost_service(cls):
     from services.oip import with_oip
 
     private_arbiter_sockets()
-    if is_serve_process():  # before any worker starts: a server that cannot serve exits now
+    if is_serve_process() and serve_target_is(cls):  # before any worker starts: a server that cannot serve exits now
         preflight(cls.model_class.name)
         serve_folder()
     settings = settings_for(cls.model_class.name)

@@ -58,7 +58,45 @@ def facts_for(model: str) -> ModelFacts:
     try:
         return MODELS[model]
     except KeyError:
-        raise SystemExit(f"unknown model {model!r}; Roost serves {sorted(MODELS)}") from None
+        raise SystemExit(
+            f"unknown model {model!r}; Roost serves {sorted(MODELS)}, and imported learners through "
+            f"{IMPORTED_SERVICE} (make serve MODEL=<name>)"
+        ) from None
+
+
+# --- imported learners (`python -m training import`): models that are not one of the four -----------
+# An imported model is served by services.imported:Imported with the limits, batching and resources of
+# the lesson model of its task, under its own name (from its bundle's manifest); services/imported.py
+# registers those facts when it loads the bundle, so everything that asks facts_for(name) gets them.
+
+IMPORTED_SERVICE = "services.imported:Imported"
+LESSON_OF_TASK: dict[str, str] = {
+    "image-classification": "bird",
+    "image-multilabel-classification": "bird",
+    "semantic-segmentation": "segment",
+    "tabular-classification": "tabular",
+    "tabular-regression": "tabular",
+    "collaborative-filtering": "collab",
+}
+
+
+def imported_facts(name: str, task: str) -> ModelFacts:
+    """The facts of an imported model called ``name`` whose manifest says ``task``."""
+    from dataclasses import replace
+
+    if name in MODELS and MODELS[name].service != IMPORTED_SERVICE:
+        raise ValueError(f"'{name}' is a lesson model's name; an imported model needs another")
+    if task not in LESSON_OF_TASK:
+        raise ValueError(f"task {task!r} is not one Roost serves ({', '.join(LESSON_OF_TASK)})")
+    return replace(MODELS[LESSON_OF_TASK[task]], name=name, service=IMPORTED_SERVICE)
+
+
+def register(facts: ModelFacts) -> ModelFacts:
+    """Make an imported model's facts known to this process (settings, startup checks, limits)."""
+    if facts.service != IMPORTED_SERVICE:
+        raise ValueError(f"only imported models are registered at run time, not {facts.name!r}")
+    MODELS[facts.name] = facts
+    return facts
 
 
 # --- bentofiles: services/<model>.bentofile.yaml, generated from the entries above ---------------

@@ -14,7 +14,13 @@ RECIPES = ("bird", "segment", "tabular", "collab")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["import"]:  # `python -m training import export.pkl --name N --samples S`: training/importer.py
+        from training.importer import main as import_main
+
+        return import_main(argv[1:])
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     epilog="python -m training import PATH/export.pkl --name NAME --samples DIR_OR_CSV: bring your own learner")
     parser.add_argument("model", choices=RECIPES)
     parser.add_argument("--out", type=Path, default=Path("artifacts"), help="bundle root (default: artifacts)")
     parser.add_argument("--data", type=Path, help="train from this folder instead of the lesson's download")

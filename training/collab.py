@@ -29,9 +29,10 @@ def build_learner(csv: Path, bs: int | None = None):
     return collab_learner(dls, y_range=Y_RANGE)
 
 
-def spec_from_dls(dls, ratings) -> CollabSpec:
+def spec_from_dls(dls, ratings, y_range: tuple[float, float] = Y_RANGE) -> CollabSpec:
     """Id -> embedding index maps (index 0 '#na#') and, per user, the movies rated anywhere in the
-    ratings file (train and valid): those are 'seen' and never recommended."""
+    ratings file (train and valid): those are 'seen' and never recommended. ``ratings`` None (an
+    imported learner comes without its data): nothing is seen."""
     user_name, item_name = dls.cat_names[0], dls.cat_names[1]
     classes = dls.classes
     users = [str(v) for v in classes[user_name]]
@@ -39,17 +40,18 @@ def spec_from_dls(dls, ratings) -> CollabSpec:
     user_index = {u: i for i, u in enumerate(users)}
     item_index = {m: i for i, m in enumerate(items)}
     seen: list[set[int]] = [set() for _ in users]
-    for u, m in zip(ratings[user_name].astype(str), ratings[item_name].astype(str)):
-        seen[user_index.get(u, 0)].add(item_index.get(m, 0))
+    if ratings is not None:
+        for u, m in zip(ratings[user_name].astype(str), ratings[item_name].astype(str)):
+            seen[user_index.get(u, 0)].add(item_index.get(m, 0))
     seen[0] = set()
     return CollabSpec(
         user_name=user_name,
         item_name=item_name,
         users=users,
         items=items,
-        y_range=Y_RANGE,
+        y_range=tuple(float(v) for v in y_range),
         rating_name=dls.y_names[0],
-        seen=[sorted(s - {0}) for s in seen],
+        seen=[sorted(s - {0}) for s in seen] if ratings is not None else [],
     )
 
 

@@ -32,21 +32,29 @@ def build_learner(csv: Path, path: Path, bs: int | None = None):
     return tabular_learner(dls, metrics=accuracy)
 
 
-def spec_from_dls(dls) -> TabularSpec:
-    """Everything fastai's procs learned on the training split, in the model's column order."""
+def spec_from_dls(dls, regression: bool = False) -> TabularSpec:
+    """Everything fastai's procs learned on the training split, in the model's column order. The
+    lesson uses all three procs; a learner without FillMissing has no fill values (a missing number
+    is refused), one without Normalize feeds numbers as they are (mean 0, std 1). ``regression``:
+    the target is a number (no classes)."""
     procs = dls.procs
-    categorify, fill, normalize = procs.categorify, procs.fill_missing, procs.normalize
+    categorify = getattr(procs, "categorify", None)
+    fill = getattr(procs, "fill_missing", None)
+    normalize = getattr(procs, "normalize", None)
+    if dls.cat_names and categorify is None:
+        raise ValueError(f"categorical columns {list(dls.cat_names)} but no Categorify proc: their indices are unknown")
     # numpy scalars (str_, bool_, int) -> str: serving compares strings; index 0 is '#na#'.
     categories = {name: [str(v) for v in categorify.classes[name]] for name in dls.cat_names}
     return TabularSpec(
         cat_names=list(dls.cat_names),
         cont_names=list(dls.cont_names),
         categories=categories,
-        fill_values={k: float(v) for k, v in fill.na_dict.items()},
-        means={k: float(normalize.means[k]) for k in dls.cont_names},
-        stds={k: float(normalize.stds[k]) for k in dls.cont_names},
+        fill_values={k: float(v) for k, v in fill.na_dict.items()} if fill is not None else {},
+        means={k: float(normalize.means[k]) if normalize is not None else 0.0 for k in dls.cont_names},
+        stds={k: float(normalize.stds[k]) if normalize is not None else 1.0 for k in dls.cont_names},
         y_name=dls.y_names[0],
-        vocab=[str(v) for v in dls.vocab],
+        vocab=[] if regression else [str(v) for v in dls.vocab],
+        regression=regression,
     )
 
 
