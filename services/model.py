@@ -86,6 +86,9 @@ class RoostModel:
         from services.signing import check_signature
 
         s = self.settings
+        roost_log = logging.getLogger("roost")
+        if roost_log.level == logging.NOTSET:  # BentoML leaves other loggers at WARNING: say what is served
+            roost_log.setLevel(logging.INFO)
         path = s.bundle_path()
         self.bundle = open_bundle(path, manifest_bytes=check_signature(path, s))  # signature first
         if self.bundle.name != self.name or self.bundle.spec.kind != self.spec_kind:

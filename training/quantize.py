@@ -82,8 +82,7 @@ def _run(session, x: np.ndarray) -> np.ndarray:
 
 def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray) -> None:
     """The recipe above: fp32 -> out (INT8 QDQ), calibrated on uint8 NHWC ``calibration``."""
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import CalibrationDataReader
 
     name = _session(fp32).get_inputs()[0].name
 
@@ -93,6 +92,19 @@ def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray) -> None:
 
         def get_next(self):
             return next(self.batches, None)
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)  # onnxruntime.quantization logs a line per weight scale on the root logger
+    try:
+        _quantize(fp32, out, Reader, name)
+    finally:
+        root.setLevel(level)
+
+
+def _quantize(fp32: Path, out: Path, Reader, name: str) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     with tempfile.TemporaryDirectory(prefix="roost-quant-") as tmp:
         pre = Path(tmp) / "pre.onnx"

@@ -117,7 +117,8 @@ def test_metrics_describe_stages_labels_and_model(server):
         assert f'roost_stage_seconds_count{{model="bird",stage="{stage}"}}' in text
     for series in counted:
         assert metric_sum(text, series) - metric_sum(before, series) >= 1, series
-    assert re.search(r'roost_model_info\{arch="[^"]+",device="cpu",model="bird",[^}]*runtime="onnx"', text)
+    # server_of serves FP32 (ROOST_PRECISION=fp32): the file and precision labels say so
+    assert re.search(r'roost_model_info\{arch="[^"]+",device="cpu",file="model\.onnx",model="bird",precision="fp32",runtime="onnx"', text)
     assert "bentoml_service_request_total" in text or "bentoml_service_request_duration_seconds" in text
     assert httpx.get(f"{server.url}/livez").status_code == 200
 

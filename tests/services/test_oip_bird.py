@@ -256,7 +256,7 @@ def test_grpc_rest_and_typed_requests_share_batches(server_batch_32, spec):
     import tritonclient.http as th
 
     pixels = np.random.default_rng(0).integers(0, 256, (3, spec.height, spec.width, 3), dtype=np.uint8)
-    blocker = np.random.default_rng(1).random((64, 3, spec.height, spec.width), dtype=np.float32)
+    blocker = np.random.default_rng(1).integers(0, 256, (64, spec.height, spec.width, 3), dtype=np.uint8)
     typed_body = {"images": [base64.b64encode(IMAGES[0]).decode()] * 3}
     errors: list[BaseException] = []
 
