@@ -1,9 +1,10 @@
 """Every lesson model's facts, in one place.
 
-Serving reads its defaults here (services/settings.py); the bentofiles are generated from it
-(`python -m services.registry bentofiles`, `--check` to compare); the Makefile's model list, the
-chart's per-model defaults and the training Jobs are checked against it
-(tests/services/test_registry.py). A new model is one entry here, one recipe and one service file.
+Serving reads its defaults here (services/settings.py); the container images take each model's
+service and the serving requirements from it (`python -m services.registry service|requirements`,
+used by images/build.sh); the Makefile's model list, the chart's per-model defaults and the training
+Jobs are checked against it (tests/services/test_registry.py). A new model is one entry here, one
+recipe and one service file.
 """
 
 from __future__ import annotations
@@ -99,101 +100,28 @@ def register(facts: ModelFacts) -> ModelFacts:
     return facts
 
 
-# --- bentofiles: services/<model>.bentofile.yaml, generated from the entries above ---------------
+# --- container images: what images/build.sh asks ---------------------------------------------------
 
 _ROOT = Path(__file__).resolve().parents[1]
-
-_BENTOFILE = """\
-# Generated from services/registry.py by `python -m services.registry bentofiles`: edit the registry
-# (or the template there), not this file; `python -m services.registry bentofiles --check` compares.
-# Bento for the {name} model:  bentoml build -f services/{name}.bentofile.yaml .   (from the repo root)
-# then, where a container engine exists:  bentoml containerize roost-{name}:latest
-# The image runs `bentoml serve` in /home/bentoml/bento; with the Helm chart set
-# models.{name}.serveTarget=/home/bentoml/bento and podSecurityContext.runAsUser=1034 (BentoML's user).
-# Bundles under artifacts/{name}/ at build time are baked in (ROOST_ARTIFACTS below); without any, mount
-# them (chart: modelSource.type=pvc, which sets ROOST_ARTIFACTS=/models).
-service: "{service}"
-name: roost-{name}
-labels:
-  project: roost
-  model: {name}
-description: "Roost {name} model (fast.ai lesson 1) over ONNX Runtime, HTTP + Open Inference Protocol"
-include:
-  - "services/*.py"
-  - "services/*.yaml"
-  - "services/oip/**"
-  - "artifacts/{name}/**"
-exclude:
-  - "**/__pycache__/"
-  - "**/*.pyc"
-  - "services/*.bentofile.yaml"
-  - "training/"
-  - "tests/"
-python:
-  # The project's dependencies plus the `serve` extra of pyproject.toml (no torch, no fastai).
-  packages:
-{packages}
-  lock_packages: false
-docker:
-  python_version: "3.11"
-  distro: debian
-envs:
-  - name: BENTOML_DO_NOT_TRACK
-    value: "True"
-  - name: ROOST_ARTIFACTS
-    value: /home/bentoml/bento/src/artifacts
-  - name: ROOST_GRPC_PORT
-    value: "8001"
-"""
+EXTRAS = ("serve", "gpu", "train")  # the pyproject.toml extras an image installs: CPU, onnxruntime-gpu, training
 
 
-def serve_requirements(pyproject: Path | None = None) -> list[str]:
-    """pyproject.toml's dependencies plus its `serve` extra: what a serving image installs."""
+def image_requirements(extra: str = "serve", pyproject: Path | None = None) -> list[str]:
+    """pyproject.toml's dependencies plus one extra: what an image installs (`serve` and `gpu` serve,
+    `train` is the training image's torch + fastai).
+
+    `gpu` takes CUDA and cuDNN as wheels (onnxruntime-gpu[cuda,cudnn]), so no CUDA base image is needed.
+    """
     import tomllib
 
+    if extra not in EXTRAS:
+        raise SystemExit(f"unknown image extra {extra!r}; images install one of {list(EXTRAS)}")
     project = tomllib.loads((pyproject or _ROOT / "pyproject.toml").read_text())["project"]
-    reqs = set(project.get("dependencies", [])) | set(project["optional-dependencies"]["serve"])
+    reqs = set(project.get("dependencies", [])) | set(project["optional-dependencies"][extra])
+    if extra == "gpu":
+        reqs = {r.replace("onnxruntime-gpu", "onnxruntime-gpu[cuda,cudnn]", 1) if r.startswith("onnxruntime-gpu") else r
+                for r in reqs}
     return sorted(reqs, key=lambda r: (r.lower(), r))
-
-
-def bentofile_path(model: str, root: Path | None = None) -> Path:
-    return (root or _ROOT) / "services" / f"{model}.bentofile.yaml"
-
-
-def render_bentofile(model: str, pyproject: Path | None = None) -> str:
-    """The text of services/<model>.bentofile.yaml for one registered model."""
-    facts = facts_for(model)
-    packages = "\n".join(f'    - "{req}"' for req in serve_requirements(pyproject))
-    return _BENTOFILE.format(name=facts.name, service=facts.service, packages=packages)
-
-
-def stale_bentofiles(root: Path | None = None) -> list[str]:
-    """Bentofiles that differ from what the registry renders, are missing, or name no registered model."""
-    root = root or _ROOT
-    pyproject = root / "pyproject.toml"
-    stale = []
-    for model in MODELS:
-        path = bentofile_path(model, root)
-        if not path.exists():
-            stale.append(f"{path.relative_to(root)} (missing)")
-        elif path.read_text() != render_bentofile(model, pyproject):
-            stale.append(f"{path.relative_to(root)} (differs)")
-    for path in sorted((root / "services").glob("*.bentofile.yaml")):
-        if path.name.removesuffix(".bentofile.yaml") not in MODELS:
-            stale.append(f"{path.relative_to(root)} (no such model in the registry)")
-    return stale
-
-
-def write_bentofiles(root: Path | None = None) -> list[Path]:
-    root = root or _ROOT
-    written = []
-    for model in MODELS:
-        path = bentofile_path(model, root)
-        text = render_bentofile(model, root / "pyproject.toml")
-        if not path.exists() or path.read_text() != text:
-            path.write_text(text)
-            written.append(path)
-    return written
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -201,24 +129,17 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m services.registry", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    bentofiles = sub.add_parser("bentofiles", help="write services/<model>.bentofile.yaml for every registered model")
-    bentofiles.add_argument("--check", action="store_true", help="write nothing; exit 1 listing the files that differ")
+    service = sub.add_parser("service", help="print what `bentoml serve` takes for a model (module:Class)")
+    service.add_argument("model")
+    requirements = sub.add_parser("requirements", help="print an image's requirements, one a line")
+    requirements.add_argument("--extra", choices=EXTRAS, default="serve")
     args = parser.parse_args(argv)
 
-    if args.command == "bentofiles":
-        if args.check:
-            stale = stale_bentofiles()
-            for line in stale:
-                print(f"stale: {line}", file=sys.stderr)
-            if stale:
-                print("run: python -m services.registry bentofiles", file=sys.stderr)
-                return 1
-            print(f"bentofiles up to date ({len(MODELS)} models)")
-            return 0
-        for path in write_bentofiles():
-            print(f"wrote {path.relative_to(_ROOT)}")
-        return 0
-    return 2
+    if args.command == "service":
+        print(facts_for(args.model).service)
+    else:
+        print("\n".join(image_requirements(args.extra)))
+    return 0
 
 
 if __name__ == "__main__":

@@ -56,6 +56,20 @@ def test_a_missing_file_is_refused(tmp_path):
         open_bundle(folder)
 
 
+def test_a_serving_copy_may_leave_out_only_the_pickle(tmp_path):
+    """Images bake bundles without learner.pkl: the ONNX server never reads it; the fastai runtime's
+    own check of it still says it is missing."""
+    folder = tmp_path / "bird" / "v1"
+    make_bundle(folder)
+    (folder / "learner.pkl").unlink()
+    bundle = open_bundle(folder)
+    with pytest.raises(BundleError, match="missing"):
+        bundle.verify_file("learner.pkl")
+    (folder / "preprocess.json").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        open_bundle(folder)
+
+
 def test_the_pickle_can_be_checked_on_its_own(tmp_path):
     folder = tmp_path / "bird" / "v1"
     make_bundle(folder)

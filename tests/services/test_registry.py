@@ -9,7 +9,6 @@ import importlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,77 +65,40 @@ def test_each_service_imports_and_serves_its_model(name):
     assert service.inner.model_class.name == name
 
 
-# --- the bentofiles ------------------------------------------------------------------------------------
+# --- the container images ------------------------------------------------------------------------------
 
-def test_bentofiles_check_passes():
-    result = subprocess.run([sys.executable, "-m", "services.registry", "bentofiles", "--check"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert registry.stale_bentofiles() == []
+def test_no_bentofiles_are_left():
+    """Images are built from services/Dockerfile.serve by images/build.sh; no bento is built."""
+    assert sorted((ROOT / "services").glob("*.bentofile.yaml")) == []
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_each_bentofile_names_its_service(name):
-    bentofile = yaml.safe_load((ROOT / "services" / f"{name}.bentofile.yaml").read_text())
-    assert bentofile["service"] == MODELS[name].service
-    assert bentofile["name"] == f"roost-{name}"
-    assert bentofile["labels"]["model"] == name
-    assert f"artifacts/{name}/**" in bentofile["include"]
-    others = [m for m in NAMES if m != name]
-    assert not any(f"artifacts/{m}/" in p for m in others for p in bentofile["include"])
-
-
-def test_bentofile_packages_are_the_serve_extra():
+def test_image_requirements_are_the_extras_and_serving_takes_no_torch():
     import tomllib
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    wanted = set(project["dependencies"]) | set(project["optional-dependencies"]["serve"])
-    assert set(registry.serve_requirements()) == wanted
-    for name in NAMES:
-        bentofile = yaml.safe_load(registry.render_bentofile(name))
-        assert set(bentofile["python"]["packages"]) == wanted
+    base = set(project["dependencies"])
+    assert set(registry.image_requirements()) == base | set(project["optional-dependencies"]["serve"])
+    gpu = registry.image_requirements("gpu")
+    assert any(r.startswith("onnxruntime-gpu[cuda,cudnn]") for r in gpu)
+    names = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in [*registry.image_requirements(), *gpu]}
+    assert not names & {"torch", "torchvision", "fastai", "timm", "onnx", "onnxscript"}
+    assert "onnxruntime" not in {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] for r in gpu}
+    train = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in registry.image_requirements("train")}
+    assert {"torch", "fastai", "onnx"} <= train
+    with pytest.raises(SystemExit, match="dev"):
+        registry.image_requirements("dev")
 
 
-@pytest.fixture
-def copy_root(tmp_path):
-    """A scratch repository root holding pyproject.toml and the bentofiles."""
-    (tmp_path / "services").mkdir()
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    for path in (ROOT / "services").glob("*.bentofile.yaml"):
-        shutil.copy(path, tmp_path / "services" / path.name)
-    return tmp_path
+def test_cli_prints_what_images_build_sh_asks():
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "services.registry", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
 
-
-def test_check_names_every_bentofile_that_differs_and_write_fixes_them(copy_root):
-    services = copy_root / "services"
-    bird = services / "bird.bentofile.yaml"
-    bird.write_text(bird.read_text().replace("roost-bird", "roost-birb"))
-    (services / "collab.bentofile.yaml").unlink()
-    (services / "dog.bentofile.yaml").write_text("service: services.dog:Dog\n")
-    stale = registry.stale_bentofiles(copy_root)
-    assert stale == [
-        "services/bird.bentofile.yaml (differs)",
-        "services/collab.bentofile.yaml (missing)",
-        "services/dog.bentofile.yaml (no such model in the registry)",
-    ]
-    written = registry.write_bentofiles(copy_root)
-    assert sorted(p.name for p in written) == ["bird.bentofile.yaml", "collab.bentofile.yaml"]
-    assert registry.stale_bentofiles(copy_root) == ["services/dog.bentofile.yaml (no such model in the registry)"]
-    assert registry.write_bentofiles(copy_root) == []  # idempotent
-
-
-def test_check_cli_exits_non_zero_naming_the_stale_file(tmp_path):
-    """The CLI's --check on a copy of the repo whose bentofile was edited by hand."""
-    services = tmp_path / "services"
-    shutil.copytree(ROOT / "services", services, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
-    seg = services / "segment.bentofile.yaml"
-    seg.write_text(seg.read_text() + "# edited\n")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = subprocess.run([sys.executable, "-m", "services.registry", "bentofiles", "--check"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
-    assert result.returncode == 1
-    assert "services/segment.bentofile.yaml" in result.stderr and "bird" not in result.stderr
+    assert cli("service", "segment").stdout.strip() == MODELS["segment"].service
+    assert cli("requirements").stdout.split() == registry.image_requirements()
+    assert cli("requirements", "--extra", "gpu").stdout.split() == registry.image_requirements("gpu")
+    refused = cli("service", "dog")
+    assert refused.returncode != 0 and "dog" in refused.stderr
 
 
 # --- the chart's per-model defaults --------------------------------------------------------------------
