@@ -16,7 +16,7 @@ export BENTOML_DO_NOT_TRACK := True
 export KUBECONFIG := /dev/null
 
 .PHONY: setup test test-fast train-all serve bench tools chart-check $(addprefix train-,$(MODELS)) $(addprefix serve-,$(MODELS)) $(addprefix image-,$(MODELS)) $(addprefix bench-,$(MODELS)) chaos \
-	base-image images image-train image-test $(addprefix image-gpu-,$(MODELS))
+	base-image images image-train image-test $(addprefix image-gpu-,$(MODELS)) $(addprefix image-fastai-,$(MODELS))
 
 setup: .venv/.installed
 
@@ -69,6 +69,9 @@ $(addprefix image-,$(MODELS)): image-%: $(BASE_DEP)
 
 $(addprefix image-gpu-,$(MODELS)): image-gpu-%: $(BASE_DEP)
 	$(IMAGE_ENV) images/build.sh gpu $*
+
+$(addprefix image-fastai-,$(MODELS)): image-fastai-%: $(BASE_DEP)
+	$(IMAGE_ENV) images/build.sh fastai $*
 
 image-train: $(BASE_DEP)
 	$(IMAGE_ENV) images/build.sh train

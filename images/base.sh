@@ -13,6 +13,7 @@ if [[ -z ${FORCE:-} ]] && "${podman[@]}" image exists "$image"; then
     echo "$image exists (FORCE=1 rebuilds it)"
     exit 0
 fi
+[[ $(id -u) == 0 ]] || { echo "base.sh: debootstrap and the image store need root (sudo make base-image)" >&2; exit 1; }
 for tool in debootstrap podman; do
     command -v "$tool" >/dev/null || { echo "base.sh: $tool is not installed (apt-get install -y buildah podman runc debootstrap)" >&2; exit 1; }
 done

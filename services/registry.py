@@ -103,12 +103,13 @@ def register(facts: ModelFacts) -> ModelFacts:
 # --- container images: what images/build.sh asks ---------------------------------------------------
 
 _ROOT = Path(__file__).resolve().parents[1]
-EXTRAS = ("serve", "gpu", "train")  # the pyproject.toml extras an image installs: CPU, onnxruntime-gpu, training
+# What an image installs: `serve` (CPU), `gpu` (onnxruntime-gpu), `fastai` (serve + train: the fastai
+# runtime's image) and `train` (the training image), each on top of pyproject.toml's dependencies.
+EXTRAS = ("serve", "gpu", "fastai", "train")
 
 
 def image_requirements(extra: str = "serve", pyproject: Path | None = None) -> list[str]:
-    """pyproject.toml's dependencies plus one extra: what an image installs (`serve` and `gpu` serve,
-    `train` is the training image's torch + fastai).
+    """pyproject.toml's dependencies plus one extra: what an image installs (see EXTRAS).
 
     `gpu` takes CUDA and cuDNN as wheels (onnxruntime-gpu[cuda,cudnn]), so no CUDA base image is needed.
     """
@@ -117,7 +118,8 @@ def image_requirements(extra: str = "serve", pyproject: Path | None = None) -> l
     if extra not in EXTRAS:
         raise SystemExit(f"unknown image extra {extra!r}; images install one of {list(EXTRAS)}")
     project = tomllib.loads((pyproject or _ROOT / "pyproject.toml").read_text())["project"]
-    reqs = set(project.get("dependencies", [])) | set(project["optional-dependencies"][extra])
+    extras = project["optional-dependencies"]
+    reqs = set(project.get("dependencies", [])) | set(extras["serve"] + extras["train"] if extra == "fastai" else extras[extra])
     if extra == "gpu":
         reqs = {r.replace("onnxruntime-gpu", "onnxruntime-gpu[cuda,cudnn]", 1) if r.startswith("onnxruntime-gpu") else r
                 for r in reqs}

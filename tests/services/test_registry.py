@@ -85,6 +85,8 @@ def test_image_requirements_are_the_extras_and_serving_takes_no_torch():
     assert "onnxruntime" not in {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0] for r in gpu}
     train = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in registry.image_requirements("train")}
     assert {"torch", "fastai", "onnx"} <= train
+    fastai = {re.split(r"[<>=!~\[; ]", r, maxsplit=1)[0].lower() for r in registry.image_requirements("fastai")}
+    assert {"torch", "fastai", "bentoml", "onnxruntime"} <= fastai
     with pytest.raises(SystemExit, match="dev"):
         registry.image_requirements("dev")
 
