@@ -2,6 +2,7 @@
 # Builds one Roost image with buildah (vfs storage, chroot isolation: no daemon, no registry).
 #   images/build.sh serve MODEL    serving image, CPU (onnxruntime)          -> $IMAGE_REPO/roost-MODEL:$IMAGE_TAG
 #   images/build.sh gpu MODEL      serving image, onnxruntime-gpu + CUDA wheels -> ...:$IMAGE_TAG-gpu
+#   images/build.sh fastai MODEL   serving image for ROOST_RUNTIME=fastai (+ torch, fastai, learner.pkl) -> ...:$IMAGE_TAG-fastai
 #   images/build.sh train          training image (torch + fastai)           -> $IMAGE_REPO/roost-train:$IMAGE_TAG
 # Environment (the Makefile passes its variables): BASE_IMAGE, IMAGE_REPO, IMAGE_TAG, IMAGE (the whole
 # name, overrides the three), ARTIFACTS, BUNDLE (a bundle folder to bake in; "" = the newest sealed
@@ -9,7 +10,7 @@
 # Everything it writes lies in the repository (build/, ignored) and in the container storage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-kind=${1:?usage: images/build.sh serve|gpu MODEL | train}
+kind=${1:?usage: images/build.sh serve|gpu|fastai MODEL | train}
 model=${2:-}
 BASE_IMAGE=${BASE_IMAGE:-localhost/roost-base:bookworm}
 IMAGE_REPO=${IMAGE_REPO:-ghcr.io/roost-ml}
@@ -39,25 +40,11 @@ if [[ $kind == train ]]; then
     copy_tree services "$ctx/services" --exclude='Dockerfile.*'
     copy_tree training "$ctx/training"
     args=(-f services/Dockerfile.train)
-    # The local package folders this host's pip reads (torch may come from there), mounted read-only.
-    local_dirs=$(python3 -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.\(extra-index-url\|find-links\)='\(.*\)'$/\1 \2/p")
-    extra_index=; find_links=; declare -A mounted=()
-    while read -r key values; do
-        for v in $values; do
-            dir=${v#file://}
-            [[ -d $dir && -z ${mounted[$dir]:-} ]] || continue
-            mounted[$dir]=1
-            args+=(-v "$dir:$dir:ro")
-            if [[ $key == extra-index-url ]]; then extra_index+="$v "; else find_links+="$v "; fi
-        done
-    done <<<"$local_dirs"
-    [[ -z $extra_index ]] || args+=(--build-arg "PIP_EXTRA_INDEX_URL=${extra_index% }")
-    [[ -z $find_links ]] || args+=(--build-arg "PIP_FIND_LINKS=${find_links% }")
     echo "building $image (training: torch + fastai, large)"
-elif [[ $kind == serve || $kind == gpu ]]; then
+elif [[ $kind == serve || $kind == gpu || $kind == fastai ]]; then
     [[ -n $model ]] || { echo "usage: images/build.sh $kind MODEL" >&2; exit 2; }
     service=$(python3 -m services.registry service "$model")
-    suffix=; [[ $kind == gpu ]] && suffix=-gpu
+    suffix=; [[ $kind == serve ]] || suffix=-$kind
     image=${IMAGE:-$IMAGE_REPO/roost-$model:$IMAGE_TAG$suffix}
     python3 -m services.registry requirements --extra "$kind" > "$ctx/requirements.txt"
     copy_tree services "$ctx/services" --exclude='Dockerfile.*'
@@ -73,14 +60,33 @@ elif [[ $kind == serve || $kind == gpu ]]; then
         [[ -f $bundle/manifest.json ]] || { echo "build.sh: $bundle is not a bundle (no manifest.json)" >&2; exit 1; }
         version=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["version"])' "$bundle/manifest.json")
         # learner.pkl is the fastai runtime's; the ONNX server never reads it (its sha256 is still in the manifest).
-        copy_tree "$bundle" "$ctx/artifacts/$model/$version" --exclude=learner.pkl
-        echo "baking $bundle ($(du -sh "$ctx/artifacts" | cut -f1), without learner.pkl) into /opt/roost/artifacts/$model/$version"
+        leave_out=(--exclude=learner.pkl); [[ $kind == fastai ]] && leave_out=()
+        copy_tree "$bundle" "$ctx/artifacts/$model/$version" "${leave_out[@]}"
+        echo "baking $bundle ($(du -sh "$ctx/artifacts" | cut -f1)${leave_out:+, without learner.pkl}) into /opt/roost/artifacts/$model/$version"
     fi
     args=(-f services/Dockerfile.serve --build-arg "MODEL=$model" --build-arg "SERVICE=$service"
           --build-arg "EXTRA=$kind" --build-arg "BUNDLE_VERSION=$version")
     echo "building $image from $BASE_IMAGE"
 else
-    echo "usage: images/build.sh serve|gpu MODEL | train" >&2; exit 2
+    echo "usage: images/build.sh serve|gpu|fastai MODEL | train" >&2; exit 2
+fi
+
+if [[ $kind == train || $kind == fastai ]]; then
+    # torch (train, fastai): also from the local package folders this host's pip reads (torch 2.14.1 may lie
+    # only there), mounted read-only for the build.
+    local_dirs=$(python3 -m pip config list 2>/dev/null | sed -n "s/^[^=]*\.\(extra-index-url\|find-links\)='\(.*\)'$/\1 \2/p")
+    extra_index=; find_links=; declare -A mounted=()
+    while read -r key values; do
+        for v in $values; do
+            dir=${v#file://}
+            [[ -d $dir && -z ${mounted[$dir]:-} ]] || continue
+            mounted[$dir]=1
+            args+=(-v "$dir:$dir:ro")
+            if [[ $key == extra-index-url ]]; then extra_index+="$v "; else find_links+="$v "; fi
+        done
+    done <<<"$local_dirs"
+    [[ -z $extra_index ]] || args+=(--build-arg "PIP_EXTRA_INDEX_URL=${extra_index% }")
+    [[ -z $find_links ]] || args+=(--build-arg "PIP_FIND_LINKS=${find_links% }")
 fi
 
 # What the image is made of, as one digest (see CONTEXT_DIGEST in the Containerfile).
