@@ -28,7 +28,8 @@ from services.errors import InvalidInput
 MAX_IMAGE_BYTES = 20 * 1024 * 1024
 MAX_IMAGE_PIXELS = 40_000_000  # per image, from its header (before any decoding, draft or not)
 # Draft decoding keeps at least this many times the model's input size in each dimension before the
-# bilinear resize; measured agreement with the full decode is in tests/services/test_large_photos.py.
+# bilinear resize; measured agreement with the full decode is in tests/services/test_large_photos.py
+# (bird: 2; segment, whose every pixel counts, 8: services/segment.py).
 DRAFT_MARGIN = 2
 
 
@@ -64,9 +65,9 @@ class PixelBudget:
         self.left -= width * height
 
 
-def draft_size(spec) -> tuple[int, int]:
+def draft_size(spec, margin: int = DRAFT_MARGIN) -> tuple[int, int]:
     """The smallest decode a JPEG may be drafted to for ``spec``'s input size (width, height)."""
-    return spec.width * DRAFT_MARGIN, spec.height * DRAFT_MARGIN
+    return spec.width * margin, spec.height * margin
 
 
 def decode_image(
