@@ -21,6 +21,7 @@ import says so. The server never unpickles it unless ROOST_RUNTIME=fastai (signe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import logging
 import re
@@ -338,6 +339,22 @@ def serving_model(name: str, task: str, folder: Path):
     return model_class(name, task, spec)(settings=settings).load()
 
 
+@contextlib.contextmanager
+def full_decode():
+    """The image services decode large JPEGs at reduced scale (draft mode, services/preprocessing.py),
+    which learn.predict never does: the proof runs their path with whole decodes, so that it compares
+    like with like (draft decoding's own agreement is measured by tests/services/test_large_photos.py)."""
+    import services.bird
+    import services.segment
+
+    saved = services.bird.draft_size, services.segment.draft_size
+    services.bird.draft_size = services.segment.draft_size = lambda spec: None
+    try:
+        yield
+    finally:
+        services.bird.draft_size, services.segment.draft_size = saved
+
+
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     z = x - x.max(axis=axis, keepdims=True)
     e = np.exp(z)
@@ -352,7 +369,7 @@ def prove(learn, model, task: str, samples: Samples) -> dict[str, float]:
         return np.asarray(t.as_subclass(torch.Tensor).detach().cpu().float().numpy() if hasattr(t, "as_subclass") else t, dtype=np.float64)
 
     worst = 0.0
-    with learn.no_bar(), torch.no_grad():
+    with learn.no_bar(), torch.no_grad(), full_decode():
         for i, (item, name) in enumerate(zip(samples.items, samples.names)):
             try:
                 expected = learn.predict(samples.frame.iloc[i] if samples.frame is not None else item)
