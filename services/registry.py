@@ -23,6 +23,10 @@ class ModelFacts:
     max_queue_rows: int  # rows waiting for the model before 429
     timeout_s: float  # a request's deadline, from arrival to answer (504 after it)
     max_request_rows: int  # rows (images, table rows, pairs) one request may carry
+    max_in_flight: int  # requests a worker holds at once (admitted, unanswered) before 429
+    max_queue_wait_ms: int  # the latency target: a request queued longer is shed unrun (503)
+    max_body_mb: float  # request body limit (every route), also the gRPC message limit
+    max_request_pixels: int  # decoded image pixels one request may carry (0: no images)
     cpu: str  # Kubernetes CPU request per pod
     memory: str  # Kubernetes memory request per pod
     memory_limit: str
@@ -33,6 +37,10 @@ class ModelFacts:
         return self.service.split(":", 1)[1]
 
 
+# Admission (max_in_flight) and the queue-wait bound are sized from `make chaos` (docs/reliability.md):
+# at 300 bird clients on 2 cores, 32 in flight with 250 ms of queue wait kept ~0.8x the best goodput,
+# where 1 s of queue wait let accepted requests wait seconds; 32 stays above the autoscaling target
+# (in_flight_target), so a pod scales out before it sheds.
 # Batch sizes are CPU figures from measurement: the bird network runs fastest per image at 8 rows
 # (ONNX Runtime alone: 186 img/s at 4, 198 at 8, 190 at 16, 181 at 32) and its memory arena grows
 # with the batch (RSS 201 MB at 8, 489 MB at 32). A GPU deployment raises them (ROOST_MAX_BATCH_SIZE).
@@ -40,16 +48,20 @@ MODELS: dict[str, ModelFacts] = {
     facts.name: facts
     for facts in (
         ModelFacts("bird", "services.bird:Bird", max_batch_size=8, max_latency_ms=10, max_queue_rows=256,
-                   timeout_s=30, max_request_rows=64, cpu="1", memory="768Mi", memory_limit="1536Mi",
+                   timeout_s=30, max_request_rows=64, max_in_flight=32, max_queue_wait_ms=250, max_body_mb=32,
+                   max_request_pixels=200_000_000, cpu="1", memory="768Mi", memory_limit="1536Mi",
                    in_flight_target=16),
         ModelFacts("segment", "services.segment:Segment", max_batch_size=8, max_latency_ms=20, max_queue_rows=64,
-                   timeout_s=60, max_request_rows=64, cpu="2", memory="1Gi", memory_limit="2Gi",
+                   timeout_s=60, max_request_rows=64, max_in_flight=8, max_queue_wait_ms=1000, max_body_mb=32,
+                   max_request_pixels=50_000_000, cpu="2", memory="1Gi", memory_limit="2Gi",
                    in_flight_target=4),
         ModelFacts("tabular", "services.tabular:Tabular", max_batch_size=256, max_latency_ms=2, max_queue_rows=4096,
-                   timeout_s=10, max_request_rows=1024, cpu="500m", memory="512Mi", memory_limit="1Gi",
+                   timeout_s=10, max_request_rows=1024, max_in_flight=256, max_queue_wait_ms=250, max_body_mb=4,
+                   max_request_pixels=0, cpu="500m", memory="512Mi", memory_limit="1Gi",
                    in_flight_target=64),
         ModelFacts("collab", "services.collab:Collab", max_batch_size=4096, max_latency_ms=2, max_queue_rows=16384,
-                   timeout_s=10, max_request_rows=4096, cpu="500m", memory="512Mi", memory_limit="1Gi",
+                   timeout_s=10, max_request_rows=4096, max_in_flight=256, max_queue_wait_ms=250, max_body_mb=4,
+                   max_request_pixels=0, cpu="500m", memory="512Mi", memory_limit="1Gi",
                    in_flight_target=64),
     )
 }
