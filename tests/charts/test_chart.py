@@ -331,7 +331,8 @@ def container_env(dep: dict) -> dict[str, str]:
 
 
 def test_runtime_and_knobs_reach_the_environment(render):
-    dep = render("--set", "models.bird.runtime=fastai,models.bird.batching.maxBatchSize=8,models.bird.maxQueue=5,"
+    dep = render("--set", "bundleSigning.trustedKeySecret=roost-bundle-key,"
+                 "models.bird.runtime=fastai,models.bird.batching.maxBatchSize=8,models.bird.maxQueue=5,"
                  "models.bird.batching.maxLatencyMs=0,models.bird.resources.requests.cpu=2500m",
                  "--set-json", "models.bird.timeoutSeconds=2.5").kind("Deployment")[0]
     c = dep["spec"]["template"]["spec"]["containers"][0]
@@ -365,6 +366,23 @@ def test_workers_reach_the_environment_and_share_the_cpu_request(render, workers
     assert env["ROOST_ORT_THREADS"] == threads  # per worker: the CPU request / workers, rounded up
     explicit = render("--set", f"models.bird.workers={workers},models.bird.ortThreads=7").kind("Deployment")[0]
     assert container_env(explicit)["ROOST_ORT_THREADS"] == "7"
+
+
+def test_a_trusted_key_secret_is_mounted_and_named_in_roost_trusted_key(render):
+    dep = render("--set", "bundleSigning.trustedKeySecret=roost-bundle-key").kind("Deployment")[0]
+    pod = dep["spec"]["template"]["spec"]
+    assert container_env(dep)["ROOST_TRUSTED_KEY"] == "/etc/roost/trusted-key/roost-signing.pub"
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "trusted-key")
+    assert mount["mountPath"] == "/etc/roost/trusted-key" and mount["readOnly"] is True
+    volume = next(v for v in pod["volumes"] if v["name"] == "trusted-key")
+    assert volume["secret"]["secretName"] == "roost-bundle-key"
+    unsigned = render().kind("Deployment")[0]
+    assert "ROOST_TRUSTED_KEY" not in container_env(unsigned)
+
+
+def test_the_fastai_runtime_without_a_trusted_key_does_not_render(helm):
+    result = helm("template", "roost", str(CHART), "--set", "models.bird.runtime=fastai", check=False)
+    assert result.returncode != 0 and "bundleSigning.trustedKeySecret" in result.stderr
 
 
 @pytest.mark.parametrize("config", CONFIGS)
