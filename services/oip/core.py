@@ -74,7 +74,8 @@ class OipCore:
             "inputs": [t.to_json() for t in self._inputs],
             "outputs": [t.to_json() for t in self._outputs],
             # What runs (REST only: gRPC's ModelMetadataResponse has no parameters field); GET /model has more.
-            "parameters": {"model_file": model.model_file, "precision": model.precision, "device": model.runtime.device},
+            "parameters": {"model_file": model.model_file, "precision": model.precision,
+                           "device": getattr(model.runtime, "device", "cpu")},
         }
 
     @property

@@ -100,7 +100,7 @@ def test_rest_health_and_metadata(client):
     meta = client.get("/v2/models/bird").json()
     assert meta["versions"] == ["v1"]
     assert {t["name"]: (t["datatype"], t["shape"]) for t in meta["inputs"]} == {
-        "image": ("BYTES", [-1]), "pixels": ("FP32", [-1, 3, 8, 8])}
+        "image": ("BYTES", [-1]), "pixels": ("UINT8", [-1, 8, 8, 3])}
     assert {t["name"]: (t["datatype"], t["shape"]) for t in meta["outputs"]} == {
         "label": ("BYTES", [-1]), "probability": ("FP32", [-1]), "probabilities": ("FP32", [-1, 2])}
     assert client.get("/v2/models/bird/versions/v1").json() == meta
@@ -139,7 +139,8 @@ def test_rest_binary_and_json_give_the_typed_answers(client, model):
 def test_rest_pixels_skip_preprocessing_and_share_the_model(client, model):
     pixels = np.stack([model.preprocess([i])[0] for i in IMAGES])
     typed = asyncio.run(model(list(IMAGES)))
-    body, headers = binary_body([("pixels", "FP32", [2, 3, 8, 8], pixels.tobytes())])
+    assert pixels.dtype == np.uint8 and pixels.shape == (2, 8, 8, 3)
+    body, headers = binary_body([("pixels", "UINT8", [2, 8, 8, 3], pixels.tobytes())])
     r = client.post("/v2/models/bird/infer", content=body, headers=headers)
     assert r.status_code == 200, r.text
     out = {o["name"]: o for o in r.json()["outputs"]}  # no binary_data asked: JSON outputs
@@ -148,15 +149,15 @@ def test_rest_pixels_skip_preprocessing_and_share_the_model(client, model):
 
 
 @pytest.mark.parametrize("request_json, status, message", [
-    ({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 3, 4, 4], "data": [0.0] * 48}]}, 400, "shape"),
-    ({"inputs": [{"name": "pixels", "datatype": "FP64", "shape": [1, 3, 8, 8], "data": [0.0] * 192}]}, 400, "datatype FP64"),
+    ({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [1, 4, 4, 3], "data": [0] * 48}]}, 400, "shape"),
+    ({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 8, 8, 3], "data": [0.0] * 192}]}, 400, "datatype FP32"),
     ({"inputs": [{"name": "image", "datatype": "INT32", "shape": [1], "data": [1]}]}, 400, "datatype INT32"),
     ({"inputs": [{"name": "photo", "datatype": "BYTES", "shape": [1], "data": ["x"]}]}, 400, "unknown input"),
     ({"inputs": []}, 400, "exactly one"),
     ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["aGVsbG8="]}]}, 400, "not a readable image"),
     ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["%%%"]}]}, 400, "base64"),
     ({"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": ["x"]}], "outputs": [{"name": "logits"}]}, 400, "unknown output"),
-    ({"inputs": [{"name": "pixels", "datatype": "FP32", "shape": [65, 3, 8, 8], "data": [0.0] * (65 * 192)}]}, 400, "limit is 64"),
+    ({"inputs": [{"name": "pixels", "datatype": "UINT8", "shape": [65, 8, 8, 3], "data": [0] * (65 * 192)}]}, 400, "limit is 64"),
     ({"inputs": "nope"}, 400, "'inputs' list"),
 ])
 def test_rest_bad_requests(client, request_json, status, message):
@@ -249,7 +250,7 @@ def test_grpc_health_metadata_infer_and_errors(model):
         assert await client.is_model_ready("bird") and await client.is_model_ready("bird", "v1")
         meta = await client.get_model_metadata("bird")
         assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
-            ("image", "BYTES", [-1]), ("pixels", "FP32", [-1, 3, 8, 8])]
+            ("image", "BYTES", [-1]), ("pixels", "UINT8", [-1, 8, 8, 3])]
         inp = tg.InferInput("image", [2], "BYTES")
         inp.set_data_from_numpy(np.array(IMAGES, dtype=object))
         result = await client.infer("bird", [inp], request_id="7")
@@ -260,8 +261,8 @@ def test_grpc_health_metadata_infer_and_errors(model):
             "unknown model": lambda: client.infer("cat", [inp]),
             "unknown version": lambda: client.get_model_metadata("bird", "v9"),
             "ready unknown": lambda: client.is_model_ready("cat"),
-            "wrong shape": lambda: client.infer("bird", [_pixels(tg, (1, 3, 4, 4), np.float32, "FP32")]),
-            "wrong datatype": lambda: client.infer("bird", [_pixels(tg, (1, 3, 8, 8), np.float64, "FP64")]),
+            "wrong shape": lambda: client.infer("bird", [_pixels(tg, (1, 4, 4, 3), np.uint8, "UINT8")]),
+            "wrong datatype": lambda: client.infer("bird", [_pixels(tg, (1, 8, 8, 3), np.float64, "FP64")]),
         }.items():
             with pytest.raises(InferenceServerException) as info:
                 await call()
