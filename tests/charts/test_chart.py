@@ -253,8 +253,12 @@ def test_keda_mode_renders_a_scaled_object_and_no_hpa(render_config):
     assert set(sos) == {"bird", "collab"}
     trigger = sos["bird"]["spec"]["triggers"][0]
     assert trigger["type"] == "prometheus"
-    assert trigger["metadata"]["query"] == f'sum(roost_requests_in_flight{{namespace="{NAMESPACE}",model="bird"}})'
+    # scoped to this release's pods (the ServiceMonitor labels each series with its Service)
+    assert trigger["metadata"]["query"] == f'sum(roost_requests_in_flight{{namespace="{NAMESPACE}",service="roost-bird",model="bird"}})'
     assert sos["bird"]["spec"]["scaleTargetRef"]["name"] == "roost-bird"
+    # Prometheus down: hold maxReplicas instead of falling to the minimum
+    assert sos["bird"]["spec"]["fallback"] == {"failureThreshold": 3, "replicas": 8}
+    assert all("replicas" not in d["spec"] for d in rendered.kind("Deployment"))
 
 
 def test_autoscaling_off_sets_replicas(render):
@@ -475,6 +479,11 @@ BAD_VALUES = {
     "bad metric name": ["--set", "models.bird.autoscaling.metricName=requests-in-flight"],
     "relative pvc mount": ["--set", "modelSource.pvc.mountPath=models"],
     "image without repository": ["--set", "models.bird.image.repository="],
+    "unknown autoscaler mode external-ish": ["--set", "models.bird.autoscaling.mode=externally"],
+    "zero grace period": ["--set", "models.bird.terminationGracePeriodSeconds=0"],
+    "gpu resource name with spaces": ["--set", "models.bird.gpuResourceName=nvidia gpu"],
+    "unknown strategy type": ["--set", "strategy.type=BlueGreen"],
+    "keda fallback of zero replicas": ["--set", "models.bird.autoscaling.keda.fallback.replicas=0"],
 }
 
 

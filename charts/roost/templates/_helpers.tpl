@@ -108,3 +108,12 @@ rounded up (at least 1). */}}
 {{- if $m.enabled }}true{{ end -}}
 {{- end -}}
 {{- end -}}
+
+{{/* A model's terminationGracePeriodSeconds: its own, else shutdown's. Call with (dict "root" $ "m" $m). */}}
+{{- define "roost.grace" -}}
+{{- if kindIs "invalid" .m.terminationGracePeriodSeconds -}}
+{{- .root.Values.shutdown.terminationGracePeriodSeconds | int -}}
+{{- else -}}
+{{- .m.terminationGracePeriodSeconds | int -}}
+{{- end -}}
+{{- end -}}

@@ -1,0 +1,119 @@
+"""The chart refuses values that would break serving, and the knobs of issue 14 reach the render."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.charts.helpers import CHART, CONFIGS, MODELS, effective_values
+
+
+def fails(helm, *args: str) -> str:
+    result = helm("template", "roost", str(CHART), *args, check=False)
+    assert result.returncode != 0, f"rendered: {args}"
+    assert "values don't meet the specifications of the schema" not in result.stderr, result.stderr  # the chart's own `fail`
+    return result.stderr
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_default_leaves_its_deadline_after_the_preStop_sleep(model):
+    """segment's 60 s deadline once broke this with the chart-wide 45 s grace period."""
+    values = effective_values("default")
+    m = values["models"][model]
+    grace = m.get("terminationGracePeriodSeconds") or values["shutdown"]["terminationGracePeriodSeconds"]
+    assert grace > values["shutdown"]["preStopSleepSeconds"] + m["timeoutSeconds"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_a_grace_period_too_short_for_the_deadline_fails(helm, model):
+    err = fails(helm, "--set", f"models.{model}.enabled=true,models.{model}.terminationGracePeriodSeconds=20",
+                "--set", f"models.{model}.timeoutSeconds=10")  # 20 <= 10 + 10
+    assert f"models.{model}" in err and "terminationGracePeriodSeconds" in err
+    err = fails(helm, "--set", f"models.{model}.enabled=true,shutdown.terminationGracePeriodSeconds=15,models.{model}.terminationGracePeriodSeconds=null",
+                "--set", f"models.{model}.timeoutSeconds=5")  # the chart-wide value, 15 <= 10 + 5
+    assert "terminationGracePeriodSeconds" in err
+
+
+def test_a_per_model_grace_period_is_used(render):
+    rendered = render("--set", "models.segment.enabled=true,models.bird.terminationGracePeriodSeconds=41")
+    graces = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+              for d in rendered.kind("Deployment")}
+    assert graces == {"bird": 41, "segment": 75}
+
+
+def test_min_replicas_above_max_fails(helm):
+    assert "minReplicas (5) > maxReplicas (4)" in fails(helm, "--set", "models.bird.autoscaling.minReplicas=5")
+    # autoscaling off: the bounds are unused and not checked
+    result = helm("template", "roost", str(CHART), "--set", "models.bird.autoscaling.enabled=false,models.bird.autoscaling.minReplicas=5", check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_cuda_without_a_gpu_fails(helm, render):
+    assert "device=cuda with gpu: 0" in fails(helm, "--set", "models.bird.device=cuda")
+    assert render("--set", "models.bird.device=cuda,models.bird.gpu=1").kind("Deployment")
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_helm_test_pods_use_the_image_pull_secrets(render, config):
+    from tests.charts.helpers import config_args
+
+    rendered = render(*config_args(config), "--set", "imagePullSecrets[0].name=regcred")
+    pods = rendered.pod_specs()
+    assert any(name.startswith("Pod/") for name, _ in pods)
+    for name, spec in pods:
+        assert spec.get("imagePullSecrets") == [{"name": "regcred"}], name
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_no_deployment_sets_replicas_while_an_autoscaler_owns_them(render_config, config):
+    values = effective_values(config)
+    for dep in render_config(config).kind("Deployment"):
+        m = values["models"][dep["metadata"]["labels"]["app.kubernetes.io/component"]]
+        assert ("replicas" in dep["spec"]) == (not m["autoscaling"]["enabled"])
+
+
+def test_external_autoscaling_renders_no_autoscaler_and_no_replicas(render):
+    rendered = render("--set", "models.bird.autoscaling.mode=external")
+    assert rendered.kind("HorizontalPodAutoscaler") == [] and rendered.kind("ScaledObject") == []
+    assert "replicas" not in rendered.kind("Deployment")[0]["spec"]
+
+
+@pytest.mark.parametrize("config", [c for c in CONFIGS if c != "default"])
+def test_examples_service_monitors_carry_the_kube_prometheus_stack_release_label(render_config, config):
+    """kube-prometheus-stack's Prometheus selects ServiceMonitors by release=<its release>."""
+    for sm in render_config(config).kind("ServiceMonitor"):
+        assert sm["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_examples_that_autoscale_on_prometheus_render_a_service_monitor_without_a_cluster(render_config, config):
+    """`helm template` sees no CRD: the examples that need scraping switch the ServiceMonitor on explicitly."""
+    values = effective_values(config)
+    rendered = render_config(config)
+    needs = [m for m in MODELS if values["models"][m]["enabled"] and values["models"][m]["autoscaling"]["enabled"]
+             and values["models"][m]["autoscaling"]["mode"] in ("custom", "keda")]
+    monitored = {sm["metadata"]["labels"]["app.kubernetes.io/component"] for sm in rendered.kind("ServiceMonitor")}
+    assert set(needs) <= monitored
+
+
+def test_keda_without_a_service_monitor_fails_and_a_custom_query_is_accepted(helm, render):
+    err = fails(helm, "--set", "models.bird.autoscaling.mode=keda")
+    assert "metrics.serviceMonitor.enabled=true" in err
+    rendered = render("--set", "models.bird.autoscaling.mode=keda", "--set-string", "models.bird.autoscaling.keda.query=sum(roost_requests_in_flight)")
+    assert rendered.kind("ScaledObject")[0]["spec"]["triggers"][0]["metadata"]["query"] == "sum(roost_requests_in_flight)"
+
+
+def test_gpu_resource_name_runtime_class_and_strategy_per_model(render):
+    rendered = render("--set", "models.segment.enabled=true,models.bird.gpu=1,models.bird.gpuResourceName=nvidia.com/mig-1g.10gb",
+                      "--set", "models.bird.runtimeClassName=nvidia",
+                      "--set-json", 'models.bird.strategy={"type":"RollingUpdate","rollingUpdate":{"maxSurge":0,"maxUnavailable":1}}')
+    deps = {d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in rendered.kind("Deployment")}
+    bird = deps["bird"]["spec"]
+    res = bird["template"]["spec"]["containers"][0]["resources"]
+    assert res["limits"]["nvidia.com/mig-1g.10gb"] == 1 and "nvidia.com/gpu" not in res["limits"]
+    assert bird["template"]["spec"]["runtimeClassName"] == "nvidia"
+    assert bird["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    seg = deps["segment"]["spec"]
+    assert seg["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert "runtimeClassName" not in seg["template"]["spec"]
+    recreate = render("--set", "strategy.type=Recreate,strategy.rollingUpdate=null").kind("Deployment")[0]["spec"]["strategy"]
+    assert recreate == {"type": "Recreate"}
