@@ -348,7 +348,7 @@ def full_decode():
     import services.segment
 
     saved = services.bird.draft_size, services.segment.draft_size
-    services.bird.draft_size = services.segment.draft_size = lambda spec: None
+    services.bird.draft_size = services.segment.draft_size = lambda spec, *margin: None
     try:
         yield
     finally:
@@ -359,6 +359,15 @@ def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
     z = x - x.max(axis=axis, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=axis, keepdims=True)
+
+
+def table_row(learn, row):
+    """A sample row for learn.predict: without a numeric target column, which fastai cannot convert
+    from the one-row object frame predict builds (a class label converts; the answer never reads it)."""
+    import pandas as pd
+
+    numeric = [y for y in learn.dls.y_names if y in row.index and not isinstance(row[y], str)]
+    return pd.Series(row.drop(labels=numeric).to_dict()) if numeric else row
 
 
 def prove(learn, model, task: str, samples: Samples) -> dict[str, float]:
@@ -372,7 +381,11 @@ def prove(learn, model, task: str, samples: Samples) -> dict[str, float]:
     with learn.no_bar(), torch.no_grad(), full_decode():
         for i, (item, name) in enumerate(zip(samples.items, samples.names)):
             try:
-                expected = learn.predict(samples.frame.iloc[i] if samples.frame is not None else item)
+                if task == "collaborative-filtering":  # fastai 2.8's TabularLearner.predict fails on collab rows:
+                    # the steps it takes (test_dl -> get_preds), on the row twice (one row squeezes to 0-d)
+                    expected = (None, None, learn.get_preds(dl=learn.dls.test_dl(samples.frame.iloc[[i, i]]))[0].reshape(-1)[0])
+                else:
+                    expected = learn.predict(item if samples.frame is None else table_row(learn, samples.frame.iloc[i]))
             except Exception as exc:  # noqa: BLE001
                 raise ImportRefused(f"learn.predict failed on sample {name}: {type(exc).__name__}: {exc}") from None
 
@@ -381,8 +394,8 @@ def prove(learn, model, task: str, samples: Samples) -> dict[str, float]:
 
             if task.startswith("image") or task == "semantic-segmentation":
                 request = [Path(item).read_bytes()]
-            elif task.startswith("tabular"):
-                request = [item]
+            elif task.startswith("tabular"):  # the learner's columns (a CSV may hold more: the target, unused ones)
+                request = [{k: v for k, v in item.items() if k in model.encoder.input_names}]
             else:
                 request = [{"user": item.get(model.spec.user_name), "movie": item.get(model.spec.item_name)}]
             try:
@@ -393,7 +406,7 @@ def prove(learn, model, task: str, samples: Samples) -> dict[str, float]:
                 raise ImportRefused(f"Roost's serving path failed on sample {name}: {type(exc).__name__}: {exc}") from None
 
             if task == "image-classification" or task == "tabular-classification":
-                label, probs = str(expected[0]), t2np(expected[2])
+                label, probs = str(model.spec.vocab[int(expected[1])]), t2np(expected[2])
                 got = np.array([served.probabilities[c] for c in model.spec.vocab])
                 diff = float(np.abs(probs - got).max())
                 if label != served.label:
@@ -440,7 +453,8 @@ def sample_picture(folder: Path, task: str, model, samples: Samples) -> None:
         from training.tabular import save_table
 
         frame = samples.frame.iloc[:12].copy()
-        answers = [model.postprocess(model.run_batch(model.preprocess([row])), [row])[0] for row in samples.items[:12]]
+        rows = [{k: v for k, v in row.items() if k in model.encoder.input_names} for row in samples.items[:12]]
+        answers = [model.postprocess(model.run_batch(model.preprocess([row])), [row])[0] for row in rows]
         frame["roost"] = [f"{a.value:.4g}" if task == "tabular-regression" else f"{a.label} ({a.probability:.2f})" for a in answers]
         save_table(folder / "samples.png", frame, "samples: what the served model answers")
         return

@@ -225,7 +225,7 @@ def test_tabular_regressor(tmp_path):
     cats, conts = ["workclass", "education", "occupation"], ["fnlwgt", "education-num"]
     set_seed(0)
     dls = TabularDataLoaders.from_df(
-        df.iloc[:360], path=tmp_path, procs=[Categorify, FillMissing, Normalize], cat_names=cats, cont_names=conts,
+        df.iloc[:360], path=tmp_path, procs=[Categorify, FillMissing, Normalize], cat_names=list(cats), cont_names=list(conts),  # fastai appends the _na columns
         y_names="age", y_block=RegressionBlock(), bs=64,
     )
     learn = tabular_learner(dls, y_range=(15, 95), layers=[20, 10])
@@ -238,6 +238,7 @@ def test_tabular_regressor(tmp_path):
 
     bundle = import_(learner, "age", samples, tmp_path / "artifacts")
     from services.bundle import open_bundle
+    from training.importer import table_row
 
     opened = open_bundle(bundle)
     assert opened.manifest.task == "tabular-regression" and opened.spec.regression and opened.spec.vocab == []
@@ -250,7 +251,7 @@ def test_tabular_regressor(tmp_path):
             for _, row in rows.iterrows()
         ]
         answers = httpx.post(f"{server.url}/predict_batch", json={"rows": payload}, timeout=60).json()
-        expected = [float(learn.predict(row)[2].reshape(-1)[0]) for _, row in rows.iterrows()]
+        expected = [float(learn.predict(table_row(learn, row))[2].reshape(-1)[0]) for _, row in rows.iterrows()]
         assert np.abs(np.array([a["value"] for a in answers]) - expected).max() < 1e-3
         one = httpx.post(f"{server.url}/predict", json={"row": payload[0]}, timeout=60).json()
         assert abs(one["value"] - expected[0]) < 1e-3
@@ -309,8 +310,12 @@ def lesson_check(model: str, samples: Path, server, learn) -> None:
 
             assert (decode_mask_png(r.json()["mask_png_base64"]) == expected[1].numpy()).all()
         return
-    row = pd.read_csv(samples, skipinitialspace=True).iloc[0]
-    expected = learn.predict(row)
+    frame = pd.read_csv(samples, skipinitialspace=True)
+    row = frame.iloc[0]
+    if model == "collab":  # learn.predict fails on collab rows in fastai 2.8: its steps, test_dl -> get_preds
+        expected = (None, None, learn.get_preds(dl=learn.dls.test_dl(frame.iloc[[0, 0]]))[0].reshape(-1)[0])
+    else:
+        expected = learn.predict(row)
     if model == "collab":
         r = httpx.post(f"{server.url}/predict", json={"pairs": [{"user": int(row["userId"]), "movie": int(row["movieId"])}]}, timeout=60)
         assert r.status_code == 200, r.text
@@ -334,10 +339,14 @@ def test_lesson_pickles(model, bundle_of, tmp_path):
     lesson = bundle_of(model)
     samples = lesson_samples(model, tmp_path)
     bundle = import_(lesson / "learner.pkl", f"my-{model}", samples, tmp_path / "artifacts")
-    imported, original = open_bundle(bundle), open_bundle(lesson, verify=False)
-    assert imported.manifest.task == original.manifest.task
+    from services.bundle import load_json
+
+    imported = open_bundle(bundle)
+    assert imported.manifest.task == load_json(lesson / "manifest.json")["task"]
+    # the lesson bundle's preprocess.json, read as the imported spec's kind (older bundles lack newer defaults);
     # collab: an imported learner comes without its ratings file, so nothing is 'seen'
-    assert imported.spec.model_dump(exclude={"seen"}) == original.spec.model_dump(exclude={"seen"})
+    original = type(imported.spec).model_validate(load_json(lesson / "preprocess.json"))
+    assert imported.spec.model_dump(exclude={"seen"}) == original.model_dump(exclude={"seen"})
     server = start_server(SERVICE, bundle, tmp_path / "serve")
     try:
         lesson_check(model, samples, server, load(lesson / "learner.pkl"))
