@@ -21,7 +21,7 @@ MODELS = tuple(REGISTRY)  # services/registry.py: every model the chart must kno
 RELEASE = "roost"
 NAMESPACE = "roost"
 BIN = ROOT / "tools" / "bin"
-CRD_KINDS = {"ServiceMonitor", "PodMonitor", "ScaledObject"}
+CRD_KINDS = {"ServiceMonitor", "PodMonitor", "ScaledObject", "PrometheusRule"}
 
 
 @dataclass(frozen=True)
@@ -195,7 +195,7 @@ BENTOML_METRICS = (
 # --- CRD objects -------------------------------------------------------------------------------------
 def crd_model(kind: str):
     """The cloudcoil pydantic model of a CRD kind (the project's pinned CRD schemas)."""
-    if kind in ("ServiceMonitor", "PodMonitor"):
+    if kind in ("ServiceMonitor", "PodMonitor", "PrometheusRule"):
         from cloudcoil.models.prometheus_operator import v1
 
         return getattr(v1, kind)

@@ -117,3 +117,16 @@ def test_gpu_resource_name_runtime_class_and_strategy_per_model(render):
     assert "runtimeClassName" not in seg["template"]["spec"]
     recreate = render("--set", "strategy.type=Recreate,strategy.rollingUpdate=null").kind("Deployment")[0]["spec"]["strategy"]
     assert recreate == {"type": "Recreate"}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_max_in_flight_defaults_are_the_registry_and_reach_the_environment(render, model):
+    """The alert's in-flight limit is the one the service enforces (services/registry.py)."""
+    from services.registry import MODELS as REGISTRY
+
+    values = effective_values("default")["models"][model]
+    assert values["maxInFlight"] == REGISTRY[model].max_in_flight
+    dep = render("--set", f"models.{model}.enabled=true").of_model(model)
+    [d] = [x for x in dep if x["kind"] == "Deployment"]
+    env = {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["ROOST_MAX_IN_FLIGHT"] == str(REGISTRY[model].max_in_flight)

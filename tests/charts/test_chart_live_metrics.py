@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.charts.helpers import BENTOML_METRICS, ROOT, base_metric, promql_metric_names
+from tests.charts.helpers import BENTOML_METRICS, MODELS, ROOT, base_metric, promql_metric_names
 
 pytestmark = pytest.mark.slow
 
@@ -63,12 +63,16 @@ def test_autoscaling_metrics_are_on_a_live_metrics_scrape(bird_server, render_co
         assert any('model="bird"' in labels for labels in series[name]), f"{name} has no model=\"bird\" series"
 
 
-def test_the_helm_test_script_passes_against_a_live_server(bird_server, render_config, tmp_path):
-    """Run the `helm test` Pod's own script and environment (values.yaml `test:`) against the server."""
-    [pod] = [p for p in render_config("default").kind("Pod") if p["metadata"]["labels"]["app.kubernetes.io/component"] == "bird"]
+@pytest.mark.parametrize("model", MODELS)
+def test_the_helm_test_script_passes_against_a_live_server(server_of, render_config, model, tmp_path):
+    """Run each model's `helm test` Pod script and environment (values.yaml `test:`: path and body)
+    against that model's real server; a body the route can't parse (tabular's flat row, collab's
+    bare list, once) fails here."""
+    [pod] = [p for p in render_config("all-models").kind("Pod") if p["metadata"]["labels"]["app.kubernetes.io/component"] == model]
     [container] = pod["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
-    env["ROOST_URL"] = bird_server.url
+    assert env["ROOST_TEST_PATH"] and env["ROOST_TEST_BODY"]
+    env["ROOST_URL"] = server_of(model).url
     result = subprocess.run([sys.executable, "-c", container["args"][0]], env={**os.environ, **env},
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
