@@ -15,7 +15,7 @@ MODELS := bird segment tabular collab
 export BENTOML_DO_NOT_TRACK := True
 export KUBECONFIG := /dev/null
 
-.PHONY: setup test test-fast train-all serve bench tools chart-check $(addprefix train-,$(MODELS)) $(addprefix serve-,$(MODELS)) $(addprefix image-,$(MODELS)) $(addprefix bench-,$(MODELS)) chaos \
+.PHONY: setup test test-fast train-all serve import bench tools chart-check $(addprefix train-,$(MODELS)) $(addprefix serve-,$(MODELS)) $(addprefix image-,$(MODELS)) $(addprefix bench-,$(MODELS)) chaos \
 	base-image images image-train image-test $(addprefix image-gpu-,$(MODELS)) $(addprefix image-fastai-,$(MODELS))
 
 setup: .venv/.installed
@@ -36,6 +36,18 @@ train-all: $(addprefix train-,$(MODELS))
 
 $(addprefix serve-,$(MODELS)): serve-%: setup
 	ROOST_ARTIFACTS=$(ARTIFACTS) ROOST_GRPC_PORT=$(GRPC_PORT) .venv/bin/bentoml serve services.$*:$(shell echo $* | sed "s/./\U&/") --host 127.0.0.1 --port $(PORT)
+
+# Bring your own learner: `make import LEARNER=export.pkl NAME=pets SAMPLES=photos/` writes a proven bundle
+# under $(ARTIFACTS)/NAME/; `make serve MODEL=NAME` serves it (a lesson model's name serves that model).
+import: setup
+	@test -n "$(LEARNER)" -a -n "$(NAME)" || { echo "usage: make import LEARNER=path/export.pkl NAME=name SAMPLES=folder-or.csv"; exit 2; }
+	$(PY) -m training import $(LEARNER) --name $(NAME) --out $(ARTIFACTS) $(if $(SAMPLES),--samples $(SAMPLES))
+
+serve: setup
+	@test -n "$(MODEL)" || { echo "usage: make serve MODEL=name (a lesson model or an imported learner)"; exit 2; }
+	ROOST_ARTIFACTS=$(ARTIFACTS) ROOST_MODEL=$(MODEL) ROOST_GRPC_PORT=$(GRPC_PORT) .venv/bin/bentoml serve \
+		$(if $(filter $(MODEL),$(MODELS)),services.$(MODEL):$(shell echo $(MODEL) | sed "s/./\U&/"),services.imported:Imported) \
+		--host 127.0.0.1 --port $(PORT)
 
 # Results go to bench-results/ (git-ignored); RECORD=1 also appends them to docs/benchmarks.md.
 $(addprefix bench-,$(MODELS)): bench-%: setup

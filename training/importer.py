@@ -558,8 +558,13 @@ def import_learner(learner: Path, name: str, samples: Path | None, out: Path = P
         quantization=Quantization(status="none", reason="not offered for imported learners"),
     )
     seal(staging, fields)  # the serving path opens sealed bundles only
-    model = serving_model(name, task, staging)
-    proof = prove(learn, model, task, data)
+    from services.registry import MODELS
+
+    try:
+        model = serving_model(name, task, staging)
+        proof = prove(learn, model, task, data)
+    finally:
+        MODELS.pop(name, None)  # registered for the proof only: this process serves nothing
     log.info("proof, learn.predict vs Roost's serving path on %d samples: %s", len(data.items), proof)
     sample_picture(staging, task, model, data)
     seal(staging, {**fields, "export_parity": proof})

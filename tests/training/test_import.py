@@ -175,6 +175,32 @@ def test_torchvision_resnet_three_classes(resnet_export, images, tmp_path):
     check_image_classifier_served(bundle, resnet_export, images[1], tmp_path / "serve", "street-bird-forest")
 
 
+def test_the_server_never_unpickles_an_imported_learner(resnet_export, images, tmp_path):
+    """Without learner.pkl the default (ONNX) runtime serves the bundle; the fastai runtime, which would
+    unpickle it, refuses an unsigned bundle."""
+    import dataclasses
+
+    from services.bundle import BundleError, open_bundle
+    from services.imported import model_class
+    from services.registry import MODELS, imported_facts, register
+    from services.settings import settings_for
+
+    bundle = import_(resnet_export, "no-pickle", images[1], tmp_path / "artifacts")
+    (bundle / "learner.pkl").unlink()
+    spec = open_bundle(bundle).spec
+    register(imported_facts("no-pickle", "image-classification"))
+    try:
+        settings = dataclasses.replace(settings_for("no-pickle"), bundle=bundle, runtime="onnx", trusted_key=None)
+        model = model_class("no-pickle", "image-classification", spec)(settings=settings).load()
+        assert model.runtime.name == "onnx"
+        rows = model.preprocess([served_bytes(sorted(images[1].iterdir())[0])])
+        assert model.postprocess(model.run_batch(rows), [None])[0].label in spec.vocab
+        with pytest.raises(BundleError, match="ROOST_RUNTIME=fastai unpickles"):
+            model_class("no-pickle", "image-classification", spec)(settings=dataclasses.replace(settings, runtime="fastai")).load()
+    finally:
+        MODELS.pop("no-pickle", None)
+
+
 @pytest.mark.slow
 def test_timm_model(images, tmp_path):
     learner = train_image_learner(images[0], "resnet10t", tmp_path / "export.pkl")
