@@ -140,8 +140,10 @@ def test_each_enabled_model_gets_its_objects_and_disabled_ones_nothing(render_co
             assert model not in rendered.text.replace("roost-ml/roost-", ""), f"{model} mentioned while disabled"
             continue
         autoscaler = "ScaledObject" if values["models"][model]["autoscaling"]["mode"] == "keda" else "HorizontalPodAutoscaler"
-        for kind in ("Deployment", "Service", "ServiceAccount", "PodDisruptionBudget", autoscaler):
+        for kind in ("Service", "ServiceAccount", "PodDisruptionBudget", autoscaler):
             assert kinds.count(kind) == 1, f"{model}: {kinds}"
+        canary = (values["models"][model].get("canary") or {}).get("enabled", False)
+        assert kinds.count("Deployment") == 1 + canary, f"{model}: {kinds}"
     for doc in rendered.docs:
         labels = doc["metadata"].get("labels", {})
         missing = [k for k in STANDARD_LABELS if k not in labels]

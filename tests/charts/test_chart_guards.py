@@ -68,6 +68,9 @@ def test_no_deployment_sets_replicas_while_an_autoscaler_owns_them(render_config
     values = effective_values(config)
     for dep in render_config(config).kind("Deployment"):
         m = values["models"][dep["metadata"]["labels"]["app.kubernetes.io/component"]]
+        if dep["metadata"]["labels"]["roost.dev/track"] == "canary":
+            assert dep["spec"]["replicas"] == m["canary"]["replicas"]  # its share of traffic: no autoscaler
+            continue
         assert ("replicas" in dep["spec"]) == (not m["autoscaling"]["enabled"])
 
 
@@ -130,3 +133,43 @@ def test_max_in_flight_defaults_are_the_registry_and_reach_the_environment(rende
     [d] = [x for x in dep if x["kind"] == "Deployment"]
     env = {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert env["ROOST_MAX_IN_FLIGHT"] == str(REGISTRY[model].max_in_flight)
+
+
+def test_pvc_mode_requires_a_pinned_version(helm):
+    err = fails(helm, "--set", "modelSource.type=pvc")
+    assert "pin models.bird.bundleVersion" in err
+
+
+def test_a_canary_is_a_second_deployment_behind_the_same_service(render_config):
+    """pvc example: bird's canary serves another version; the Service selects both tracks' pods."""
+    rendered = render_config("pvc")
+    deps = {d["metadata"]["name"]: d for d in rendered.kind("Deployment")}
+    stable, canary = deps["roost-bird"], deps["roost-bird-canary"]
+    env = lambda d: {e["name"]: e.get("value") for e in d["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env(stable)["ROOST_BUNDLE"] == "/models/bird/20261101-120000"
+    assert env(canary)["ROOST_BUNDLE"] == "/models/bird/20261202-090000"
+    [svc] = [s for s in rendered.kind("Service") if s["metadata"]["name"] == "roost-bird"]
+    for dep in (stable, canary):
+        pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+        assert svc["spec"]["selector"].items() <= pod_labels.items()  # both behind the Service
+        assert dep["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+    assert canary["spec"]["selector"]["matchLabels"]["roost.dev/track"] == "canary"
+    assert stable["spec"]["template"]["metadata"]["labels"]["roost.dev/track"] == "stable"
+    # the autoscaler scales the stable Deployment only
+    [hpa] = [h for h in rendered.kind("HorizontalPodAutoscaler") if h["metadata"]["name"] == "roost-bird"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "roost-bird"
+
+
+def test_a_canary_needs_a_different_version(helm):
+    base = ["--set", "modelSource.type=pvc,models.bird.bundleVersion=v1,models.bird.canary.enabled=true"]
+    assert "canary.bundleVersion" in fails(helm, *base)
+    assert "nothing to compare" in fails(helm, *base, "--set", "models.bird.canary.bundleVersion=v1")
+
+
+def test_the_version_skew_alert_allows_the_canary(render):
+    args = ["--set", "modelSource.type=pvc,models.bird.bundleVersion=v1,metrics.serviceMonitor.enabled=true,alerts.enabled=true"]
+    def skew(*more):
+        [rule] = render(*args, *more).kind("PrometheusRule")
+        return next(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "RoostVersionSkew")
+    assert skew().endswith("> 1")
+    assert skew("--set", "models.bird.canary.enabled=true,models.bird.canary.bundleVersion=v2").endswith("> 2")
