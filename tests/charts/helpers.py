@@ -165,7 +165,7 @@ def promql_metric_names(expr: str) -> set[str]:
     expr = re.sub(r"label_values\((.*),\s*\w+\s*\)", r"(\1)", expr)  # Grafana: label_values(metric, label)
     expr = re.sub(r"\{[^}]*\}", "{}", expr)  # drop label matchers
     expr = re.sub(r"\[[^\]]*\]", "", expr)  # drop ranges
-    expr = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", expr)  # drop grouping labels
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)  # drop grouping labels
     expr = re.sub(r"<<[^>]*>>", "", expr)  # prometheus-adapter template fields
     names = set()
     for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", expr):

@@ -169,3 +169,20 @@ def test_promtool_catches_a_silent_alert(render_config, promtool, tmp_path):
               "alert_rule_test": [{"eval_time": "40m", "alertname": "RoostErrorRatioHigh",
                                    "exp_alerts": [expected_alert(group["rules"][0], f"roost-{model}")]}]}]
     assert run_promtool(promtool, tmp_path, [group], tests).returncode != 0
+
+
+def test_every_dashboard_query_parses_as_promql(render_config, promtool, tmp_path):
+    """Grafana's variables filled in, each panel query is a recording rule promtool must accept."""
+    import json
+
+    [cm] = render_config("default").kind("ConfigMap")
+    exprs = [t["expr"] for p in json.loads(cm["data"]["roost.json"])["panels"] for t in p["targets"]]
+    fill = {"$__rate_interval": "5m", "$namespace": ".*", "$model": ".*"}
+    rules = []
+    for i, e in enumerate(exprs):
+        for k, v in fill.items():
+            e = e.replace(k, v)
+        rules.append({"record": f"roost:panel_{i}", "expr": e})
+    (tmp_path / "panels.yaml").write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
+    result = subprocess.run([promtool, "check", "rules", "panels.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -173,3 +173,15 @@ def test_the_version_skew_alert_allows_the_canary(render):
         return next(r["expr"] for g in rule["spec"]["groups"] for r in g["rules"] if r["alert"] == "RoostVersionSkew")
     assert skew().endswith("> 1")
     assert skew("--set", "models.bird.canary.enabled=true,models.bird.canary.bundleVersion=v2").endswith("> 2")
+
+
+def test_the_dashboard_splits_by_version_and_shows_the_queue(render_config):
+    import json
+
+    [cm] = render_config("default").kind("ConfigMap")
+    exprs = [t["expr"] for p in json.loads(cm["data"]["roost.json"])["panels"] for t in p["targets"]]
+    assert any("roost_queue_seconds_bucket" in e for e in exprs)
+    assert any("roost_queue_rows" in e for e in exprs)
+    assert any('protocol="oip_grpc"' in e for e in exprs)
+    by_version = [e for e in exprs if "group_left(version)" in e]
+    assert any("roost_requests_total" in e for e in by_version) and any("roost_stage_seconds" in e for e in by_version)

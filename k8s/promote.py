@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""Promote (or canary, or roll back to) one bundle version of a model: check it, then point the
+release at it. Nothing is served until every check passes.
+
+    python k8s/promote.py bird 20261202-090000 --artifacts /models --release roost -n roost [--canary] [--apply]
+
+Checks, in order (any failure: exit 1, nothing changes):
+  1. the bundle <artifacts>/<model>/<version>/ opens: manifest valid, every file's sha256 matches;
+  2. its signature, when a trusted key is given (--trusted-key or ROOST_TRUSTED_KEY: what the
+     chart's bundleSigning mounts);
+  3. the metrics gate: each --min-metric / --max-metric NAME=VALUE against manifest.metrics
+     (training's validation metrics), e.g. --max-metric error_rate=0.05;
+  4. a smoke inference: the model's real service (`bentoml serve`, on 127.0.0.1) on this bundle
+     answers /readyz and the chart's `helm test` request (values.yaml models.<m>.test) with 200.
+Then it prints (or with --apply runs) the `helm upgrade --reuse-values` that pins the version:
+models.<m>.bundleVersion (promotion, canary off), or models.<m>.canary.bundleVersion (--canary).
+Rolling back is promoting the previous version again (it is still on the PVC).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import shlex
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def png(w: int = 64, h: int = 64) -> bytes:  # the helm test Pod's image
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    rows = b"".join(b"\0" + bytes(v for x in range(w) for v in (4 * x % 256, 4 * y % 256, 128)) for y in range(h))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def call(url: str, body: str | None = None, timeout: float = 60) -> int:
+    req = urllib.request.Request(url, data=body.encode() if body else None, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        resp.read()
+        return resp.status
+
+
+def smoke(model: str, bundle: Path, env_extra: dict, ready_timeout: float) -> None:
+    import yaml
+
+    from services.registry import MODELS
+
+    test = yaml.safe_load((ROOT / "charts" / "roost" / "values.yaml").read_text())["models"][model]["test"]
+    port, grpc = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, **env_extra, "ROOST_BUNDLE": str(bundle), "ROOST_GRPC_PORT": str(grpc),
+               "BENTOML_HOME": f"{tmp}/bentoml", "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(ROOT)}
+        bentoml = Path(sys.executable).parent / "bentoml"
+        log = open(f"{tmp}/server.log", "wb")
+        proc = subprocess.Popen([str(bentoml), "serve", MODELS[model].service, "--host", "127.0.0.1", "--port", str(port)],
+                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + ready_timeout
+            while True:
+                if proc.poll() is not None:
+                    raise SystemExit(f"smoke: the server exited ({proc.returncode}):\n{Path(tmp, 'server.log').read_text()[-2000:]}")
+                try:
+                    if call(f"{url}/readyz", timeout=2) == 200:
+                        break
+                except OSError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"smoke: not ready after {ready_timeout} s")
+                time.sleep(0.5)
+            body = (test.get("body") or "").replace("@PNG64@", base64.b64encode(png()).decode()) or None
+            try:
+                status = call(url + test["path"], body)
+            except urllib.error.HTTPError as exc:
+                raise SystemExit(f"smoke: POST {test['path']} -> {exc.code} {exc.read()[:300]!r}") from None
+            print(f"ok  smoke inference: POST {test['path']} -> {status}")
+        finally:
+            os.killpg(proc.pid, 15)
+            proc.wait(30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model")
+    ap.add_argument("version")
+    ap.add_argument("--artifacts", default=os.environ.get("ROOST_ARTIFACTS", "artifacts"), help="the bundle store (the PVC's content)")
+    ap.add_argument("--trusted-key", default=os.environ.get("ROOST_TRUSTED_KEY"), help="Ed25519 public key PEM: require a valid signature")
+    ap.add_argument("--min-metric", action="append", default=[], metavar="NAME=VALUE", help="gate: manifest.metrics[NAME] >= VALUE")
+    ap.add_argument("--max-metric", action="append", default=[], metavar="NAME=VALUE", help="gate: manifest.metrics[NAME] <= VALUE (error_rate, valid_loss)")
+    ap.add_argument("--no-smoke", action="store_true", help="skip the smoke inference")
+    ap.add_argument("--ready-timeout", type=float, default=180)
+    ap.add_argument("--canary", action="store_true", help="set the canary's version instead of the served one")
+    ap.add_argument("--release", default="roost")
+    ap.add_argument("-n", "--namespace", default="roost")
+    ap.add_argument("--chart", default=str(ROOT / "charts" / "roost"))
+    ap.add_argument("--apply", action="store_true", help="run the helm upgrade (default: print it)")
+    args = ap.parse_args(argv)
+
+    from services.bundle import BundleError, open_bundle
+    from services.registry import MODELS
+
+    if args.model not in MODELS:
+        raise SystemExit(f"unknown model {args.model!r}; one of {list(MODELS)}")
+    bundle = Path(args.artifacts) / args.model / args.version
+    try:
+        manifest_bytes = None
+        if args.trusted_key:
+            from services.signing import load_public_key, verified_manifest
+
+            manifest_bytes = verified_manifest(bundle, load_public_key(args.trusted_key))
+            print(f"ok  signature: manifest.json signed by {args.trusted_key}")
+        opened = open_bundle(bundle, verify=True, manifest_bytes=manifest_bytes)
+    except BundleError as exc:
+        print(f"REFUSED {bundle}: {exc}", file=sys.stderr)
+        return 1
+    if opened.name != args.model or opened.version != args.version:
+        print(f"REFUSED {bundle}: its manifest says {opened.name}:{opened.version}", file=sys.stderr)
+        return 1
+    print(f"ok  manifest and sha256 of {len(opened.manifest.files)} files: {bundle}")
+    for gates, op in ((args.min_metric, ">="), (args.max_metric, "<=")):
+        for gate in gates:
+            name, _, bound = gate.partition("=")
+            value = opened.manifest.metrics.get(name)
+            if value is None or (value < float(bound) if op == ">=" else value > float(bound)):
+                print(f"REFUSED {bundle}: metric {name} = {value} fails the gate {op} {bound} (metrics: {opened.manifest.metrics})", file=sys.stderr)
+                return 1
+            print(f"ok  gate {name} = {value:.4g} {op} {bound}")
+    if not args.no_smoke:
+        env = {"ROOST_TRUSTED_KEY": args.trusted_key} if args.trusted_key else {}
+        try:
+            smoke(args.model, bundle, env, args.ready_timeout)
+        except SystemExit as exc:
+            print(f"REFUSED {bundle}: {exc}", file=sys.stderr)
+            return 1
+    key = f"models.{args.model}"
+    sets = ([f"{key}.canary.enabled=true", f"{key}.canary.bundleVersion={args.version}"] if args.canary
+            else [f"{key}.bundleVersion={args.version}", f"{key}.canary.enabled=false"])
+    cmd = ["helm", "upgrade", args.release, args.chart, "--namespace", args.namespace, "--reuse-values", "--wait"]
+    for s in sets:
+        cmd += ["--set", s]
+    print(shlex.join(cmd))
+    if args.apply:
+        return subprocess.run(cmd).returncode
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
