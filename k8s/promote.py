@@ -45,10 +45,16 @@ def png(w: int = 64, h: int = 64) -> bytes:  # the helm test Pod's image
             + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (all bound at once, so the kernel cannot hand out one twice)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def call(url: str, body: str | None = None, timeout: float = 60) -> int:
@@ -64,7 +70,7 @@ def smoke(model: str, bundle: Path, env_extra: dict, ready_timeout: float) -> No
     from services.registry import MODELS
 
     test = yaml.safe_load((ROOT / "charts" / "roost" / "values.yaml").read_text())["models"][model]["test"]
-    port, grpc = free_port(), free_port()
+    port, grpc = free_ports(2)
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, **env_extra, "ROOST_BUNDLE": str(bundle), "ROOST_GRPC_PORT": str(grpc),
                "BENTOML_HOME": f"{tmp}/bentoml", "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(ROOT)}

@@ -86,3 +86,22 @@ def test_dashboard_metrics_exist_on_a_live_server_after_traffic(bird_server, ren
                  "roost_model_info", "bentoml_service_request_duration_seconds", "bentoml_service_request_total"):
         assert name in series, name
     assert set(BENTOML_METRICS) & set(series)
+
+
+def test_alert_metrics_are_on_a_live_scrape_with_the_labels_the_rules_use(bird_server, render_config):
+    """The PrometheusRule's service-side series (roost_*, bentoml_*) exist after ordinary traffic, and
+    roost_requests_total carries the outcome label the ratio alerts select on."""
+    [rule] = render_config("all-models").kind("PrometheusRule")
+    exprs = [r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]]
+    wanted = {base_metric(n) for e in exprs for n in promql_metric_names(e) if n.startswith(("roost_", "bentoml_"))}
+    assert {"roost_requests_total", "roost_requests_in_flight", "roost_model_info", "bentoml_service_request_duration_seconds"} <= wanted
+    png = io.BytesIO()
+    Image.new("RGB", (64, 64), (40, 120, 40)).save(png, format="PNG")
+    assert httpx.post(f"{bird_server.url}/predict_batch", json={"images": [base64.b64encode(png.getvalue()).decode()]}, timeout=60).status_code == 200
+    text = bird_server.metrics()
+    series = scraped_series(text)
+    for name in wanted:
+        assert name in series, f"{name} is not on /metrics"
+    assert any('outcome="ok"' in labels for labels in series["roost_requests_total"])
+    assert any('version="' in labels for labels in series["roost_model_info"])
+    assert any('le="' in labels for labels in series["bentoml_service_request_duration_seconds"])
