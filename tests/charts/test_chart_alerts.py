@@ -102,6 +102,9 @@ def inputs(model: str, release_labels: dict, *, healthy: bool) -> list[dict]:
         series("bentoml_service_request_duration_seconds_bucket", {**sel, "le": "5"}, "0+1000x60" if not bad else "0+900x60"),
         series("bentoml_service_request_duration_seconds_bucket", {**sel, "le": "10"}, "0+1000x60"),
         series("bentoml_service_request_duration_seconds_bucket", {**sel, "le": "+Inf"}, "0+1000x60"),
+        # fast probes must not pull the p99 under the target
+        *(series("bentoml_service_request_duration_seconds_bucket", {**sel, "endpoint": "/readyz", "le": le}, f"0+{100000 if bad else 0}x60")
+          for le in ("0.05", "0.1", "5", "10", "+Inf")),
         series("roost_requests_in_flight", {**sel, "pod": f"{svc}-a-1"}, "1000x60" if bad else "1x60"),
         series("roost_requests_in_flight", {**sel, "pod": f"{svc}-a-2"}, "0x60"),
         series("roost_model_info", {**sel, "pod": f"{svc}-a-1", "version": "20261101-120000"}, "1x60"),
