@@ -37,7 +37,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, create_model
 
 from services import metrics
-from services.bundle import find_latest
+from services.bundle import BundleError, find_latest
 from services.model import ModelService, RoostModel, roost_service
 from services.registry import IMPORTED_SERVICE, LESSON_OF_TASK, MODELS, imported_facts, register
 from services.upload import UploadedFile
@@ -293,7 +293,14 @@ def bundle_path() -> Path:
             "services.imported serves an imported learner: set ROOST_BUNDLE=artifacts/<name>/<version> "
             "or ROOST_MODEL=<name> (make serve MODEL=<name>)"
         )
-    return find_latest(Path((os.environ.get("ROOST_ARTIFACTS") or "").strip() or "artifacts"), name)
+    root = Path((os.environ.get("ROOST_ARTIFACTS") or "").strip() or "artifacts")
+    try:
+        return find_latest(root, name)
+    except BundleError:
+        raise SystemExit(
+            f"no bundle for '{name}' under {root / name}: run `make import LEARNER=export.pkl NAME={name} SAMPLES=...` "
+            "first, or point ROOST_BUNDLE at a bundle folder"
+        ) from None
 
 
 def load_service():
