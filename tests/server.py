@@ -56,7 +56,10 @@ class Server:
 
 def start_server(service: str, bundle: Path, tmp: Path, extra_env: dict | None = None, ready_timeout: float = 120) -> Server:
     """`bentoml serve services.<m>:<Name>` on free ports; returns once /readyz answers 200."""
-    port, grpc_port = free_port(), free_port()
+    port = free_port()
+    grpc_port = free_port()
+    while grpc_port == port:  # the OS may hand the same free port out twice
+        grpc_port = free_port()
     env = {
         **os.environ,
         "ROOST_BUNDLE": str(bundle),

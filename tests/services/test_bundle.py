@@ -11,6 +11,7 @@ from services.bundle import (
     find_latest,
     open_bundle,
     seal,
+    IMAGE_INPUT,
     write_spec,
 )
 
@@ -28,6 +29,7 @@ def make_bundle(folder, version="20260101-000000"):
             arch="resnet18", weights="none", versions={"fastai": "2.8"},
             data=DataSummary(source="test", n_items=2, sha256="0" * 64), metrics={"error_rate": 0.0},
             training_seconds=1.0, onnx_inputs=[], onnx_outputs=[], onnx_opset=18, export_parity={"max_abs_diff": 0.0},
+            image_input=IMAGE_INPUT,
         ),
     )
 
