@@ -78,10 +78,10 @@ if [[ $kind == train || $kind == fastai ]]; then
     extra_index=; find_links=; declare -A mounted=()
     while read -r key values; do
         for v in $values; do
-            dir=${v#file://}
-            [[ -d $dir && -z ${mounted[$dir]:-} ]] || continue
-            mounted[$dir]=1
-            args+=(-v "$dir:$dir:ro")
+            dir=${v#file://}; dir=${dir%/}
+            [[ -d $dir ]] || continue
+            mount=$dir; [[ $(basename "$dir") == simple ]] && mount=$(dirname "$dir")  # its pages link to ../files/
+            if [[ -z ${mounted[$mount]:-} ]]; then mounted[$mount]=1; args+=(-v "$mount:$mount:ro"); fi
             if [[ $key == extra-index-url ]]; then extra_index+="$v "; else find_links+="$v "; fi
         done
     done <<<"$local_dirs"

@@ -63,7 +63,9 @@ def test_one_training_job_per_model_writes_to_the_shared_pvc(training):
         spec = job["spec"]["template"]["spec"]
         [c] = spec["containers"]
         assert c["command"] == ["python", "-m", "training"]
-        assert c["args"] == [model, "--out", pvc_values["mountPath"]]
+        # the cache under the /tmp emptyDir: the training image's root filesystem is read-only
+        assert c["args"] == [model, "--out", pvc_values["mountPath"], "--cache", "/tmp/cache"]
+        assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
         mount = next(m for m in c["volumeMounts"] if m["name"] == "models")
         assert mount["mountPath"] == pvc_values["mountPath"] and not mount.get("readOnly")
         assert {"name": "models", "persistentVolumeClaim": {"claimName": claim}} in spec["volumes"]

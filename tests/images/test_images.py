@@ -372,6 +372,26 @@ def test_the_chart_runs_what_the_image_declares(model, images, chart_pod):
         assert env["HOME"].startswith(tmp) and env["BENTOML_HOME"].startswith(tmp) and sc["readOnlyRootFilesystem"] is True
 
 
+@pytest.mark.parametrize("kind, values", [("gpu", ["--set", "models.{m}.gpu=1"]), ("fastai", ["--set", "models.{m}.runtime=fastai", "--set", "bundleSigning.trustedKeySecret=roost-bundle-key"])])
+@pytest.mark.parametrize("model", IMAGE_MODELS)
+def test_gpu_and_fastai_pods_name_the_variant_make_builds(model, kind, values, render):
+    """gpu > 0 and runtime: fastai select `<tag>-gpu` / `<tag>-fastai`, the names `make image-gpu-<model>` and
+    `make image-fastai-<model>` give; where that image was built here, its user, ports and paths agree too."""
+    repo = image_name(model).rsplit(":", 1)[0]
+    rendered = render("--set", f"models.{model}.enabled=true", "--set", f"models.{model}.image.repository={repo}",
+                      *[v.format(m=model) for v in values])
+    [dep] = [d for d in rendered.kind("Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == model]
+    [c] = dep["spec"]["template"]["spec"]["containers"]
+    assert c["image"] == f"{image_name(model)}-{kind}"
+    if image_exists(c["image"]):
+        config = inspect(c["image"])["Config"]
+        env = dict(e.split("=", 1) for e in config["Env"])
+        chart_env = {e["name"]: e["value"] for e in c["env"]}
+        assert config["User"] == "10001:10001" and set(config["ExposedPorts"]) == {"3000/tcp", "8001/tcp"}
+        assert config["Labels"]["org.roost.extra"] == kind
+        assert all(env[k] == chart_env[k] for k in ("HOME", "BENTOML_HOME", "ROOST_ARTIFACTS", "ROOST_GRPC_PORT"))
+
+
 @pytest.mark.parametrize("model", IMAGE_MODELS)
 def test_the_image_holds_no_training_stack_no_compiler_no_data(model, images):
     image, _, _ = images(model, "baked")
