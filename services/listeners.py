@@ -26,11 +26,12 @@ def serve_folder() -> str:
     environment is copied, and removed at exit."""
     global _folder
     if _folder is None:
-        from services.startup import FATAL_FILE_ENV, worker_failure
+        from services.startup import FATAL_FILE_ENV, SERVE_PID_ENV, worker_failure
 
         folder = _folder = tempfile.mkdtemp(prefix="roost-serve-")
         owner = os.getpid()
         fatal_file = os.environ[FATAL_FILE_ENV] = f"{folder}/fatal"  # workers inherit it
+        os.environ[SERVE_PID_ENV] = str(owner)
 
         def at_exit():
             if os.getpid() == owner:

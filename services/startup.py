@@ -24,6 +24,7 @@ from pathlib import Path
 log = logging.getLogger("roost.startup")
 
 FATAL_FILE_ENV = "ROOST_FATAL_FILE"
+SERVE_PID_ENV = "ROOST_SERVE_PID"
 
 
 def _say(model: str, why: object) -> str:
@@ -85,7 +86,8 @@ def fatal(model: str, why: object) -> None:
     """In a worker: report ``why`` to the serve process, stop it, and exit."""
     line = _say(model, why)
     path = os.environ.get(FATAL_FILE_ENV)
-    if path:
+    serve_pid = os.environ.get(SERVE_PID_ENV, "")
+    if path and serve_pid == str(os.getppid()):  # only the serve process that started this worker
         log.error(line)
         try:
             Path(path).write_text(line)

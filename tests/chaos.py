@@ -503,6 +503,18 @@ def _flip_byte(folder: Path, name: str) -> None:
     (folder / name).write_bytes(bytes(data))
 
 
+def _kill_marked(marker: str) -> None:
+    """SIGKILL every process whose environment carries ``marker`` (only ones this script started)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if f"ROOST_CHAOS_RUN={marker}".encode() in (entry / "environ").read_bytes().split(b"\0"):
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
 def broken_starts(bundles: dict[str, Path], tmp: Path) -> list[dict]:
     """Each case must exit non-zero within 30 s and say why in one line (naming the problem)."""
     from services.signing import keygen, sign
@@ -555,9 +567,11 @@ def broken_starts(bundles: dict[str, Path], tmp: Path) -> list[dict]:
         import hashlib
 
         b = copy("notonnx")
-        (b / "model.onnx").write_bytes(b"not an onnx model")
         manifest = json.loads((b / "manifest.json").read_text())
-        manifest["files"]["model.onnx"] = hashlib.sha256(b"not an onnx model").hexdigest()
+        for name in ("model.onnx", "model.int8.onnx"):  # whichever precision is served
+            if name in manifest["files"]:
+                (b / name).write_bytes(b"not an onnx model")
+                manifest["files"][name] = hashlib.sha256(b"not an onnx model").hexdigest()
         (b / "manifest.json").write_text(json.dumps(manifest))
         return b, {}, "onnx"
 
@@ -584,16 +598,19 @@ def broken_starts(bundles: dict[str, Path], tmp: Path) -> list[dict]:
             began = time.perf_counter()
             import subprocess
 
-            proc = subprocess.Popen([str(BENTOML), "serve", "services.bird:Bird", "--host", "127.0.0.1", "--port", str(free_port())],
-                                    cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-            try:
-                output, _ = proc.communicate(timeout=30)
-                code = proc.returncode
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                output, _ = proc.communicate()
-                code = None
-            text = output.decode(errors="replace")
+            marker = f"{os.getpid()}-{make.__name__}-{time.monotonic_ns()}"
+            env["ROOST_CHAOS_RUN"] = marker  # finds every process this case started, workers included
+            log = tmp / f"start-{make.__name__}.log"
+            with open(log, "wb") as out:  # a file, not a pipe: a stray worker cannot hold the read open
+                proc = subprocess.Popen([str(BENTOML), "serve", "services.bird:Bird", "--host", "127.0.0.1", "--port", str(free_port())],
+                                        cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                try:
+                    code = proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    code = None
+            _kill_marked(marker)
+            proc.wait(10)
+            text = log.read_text(errors="replace")
             lines = [line for line in text.splitlines() if line.startswith("roost: cannot serve")]
             problem = None
             if code in (0, None):
