@@ -53,7 +53,6 @@ ULIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 IMAGE_MODELS = os.environ.get("IMAGE_MODELS", "bird").split()
 IMAGE_REPO = os.environ.get("IMAGE_REPO", "ghcr.io/roost-ml")
 CHART_YAML = ROOT / "charts" / "roost" / "Chart.yaml"
-PVC_EXAMPLE = ROOT / "charts" / "roost" / "examples" / "pvc.yaml"
 FIGURES = ROOT / "build" / "image-figures.json"
 MODES = ("baked", "mounted")
 
@@ -170,16 +169,18 @@ class ChartPod:
 
 @pytest.fixture(scope="session")
 def chart_pod(render):
-    """chart_pod(model, mode) -> the Deployment's container as `helm template` renders it."""
+    """chart_pod(model, mode, version) -> the Deployment's container as `helm template` renders it; mounted:
+    modelSource.type=pvc (the claim at /models) with bundleVersion pinned, as the chart requires."""
 
-    def get(model: str, mode: str) -> ChartPod:
+    def get(model: str, mode: str, version: str = "") -> ChartPod:
         args = ["--set", f"models.{model}.enabled=true",
                 "--set", f"models.{model}.image.repository={image_name(model).rsplit(':', 1)[0]}",
                 "--set", f"models.{model}.image.tag={IMAGE_TAG}"]
+        args += [a for other in MODELS if other != model for a in ("--set", f"models.{other}.enabled=false")]
         if mode == "mounted":
-            args += ["-f", str(PVC_EXAMPLE)]
+            args += ["--set", "modelSource.type=pvc", "--set", f"models.{model}.bundleVersion={version}"]
         rendered = render(*args)
-        [dep] = [d for d in rendered.kind("Deployment") if d["metadata"]["labels"]["app.kubernetes.io/component"] == model]
+        [dep] = [d for d in rendered.kind("Deployment") if d["metadata"]["name"] == f"roost-{model}"]
         [test_pod] = [d for d in rendered.kind("Pod") if d["metadata"]["labels"]["app.kubernetes.io/component"] == model]
         spec = dep["spec"]["template"]["spec"]
         [container] = spec["containers"]
@@ -308,7 +309,7 @@ def container(request, images, chart_pod, tmp_path_factory):
     model, mode = request.param
     assert model in MODELS, f"IMAGE_MODELS names {model!r}; Roost serves {list(MODELS)}"
     image, version, root = images(model, mode)
-    chart = chart_pod(model, mode)
+    chart = chart_pod(model, mode, version)
     if root is not None:  # what the PVC holds, readable by the chart's user as the training Jobs leave it
         copy = tmp_path_factory.mktemp(f"{model}-pvc")
         shutil.copytree(root / model / version, copy / model / version)
@@ -343,11 +344,11 @@ def container(request, images, chart_pod, tmp_path_factory):
 @pytest.mark.parametrize("model", IMAGE_MODELS)
 def test_the_chart_runs_what_the_image_declares(model, images, chart_pod):
     """Image name, user, ports, command, working dir and every shared variable agree with the chart."""
-    image, _, _ = images(model, "mounted")  # the image `make image-<model>` built
+    image, version, _ = images(model, "mounted")  # the image `make image-<model>` built
     config = inspect(image)["Config"]
     env = dict(e.split("=", 1) for e in config["Env"])
     for mode in MODES:
-        chart = chart_pod(model, mode)
+        chart = chart_pod(model, mode, version)
         c = chart.container
         assert c["image"] == image
         pod, sc = chart.spec["securityContext"], c["securityContext"]
@@ -366,6 +367,7 @@ def test_the_chart_runs_what_the_image_declares(model, images, chart_pod):
         else:  # the PVC mount is the artifacts root instead of the image's own
             mount = next(m for m in c["volumeMounts"] if m["name"] == "models")
             assert chart.env["ROOST_ARTIFACTS"] == mount["mountPath"] and mount["readOnly"] is True
+            assert chart.env["ROOST_BUNDLE"] == f"{mount['mountPath']}/{model}/{version}"
             assert {k: chart.env[k] for k in shared - {"ROOST_ARTIFACTS"}} == {k: env[k] for k in shared - {"ROOST_ARTIFACTS"}}
         # Everything written at run time lies under the chart's writable /tmp.
         tmp = next(m["mountPath"] for m in c["volumeMounts"] if m["name"] == "tmp")
