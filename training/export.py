@@ -326,6 +326,27 @@ def onnx_tensor_infos(onnx_path: Path) -> tuple[list[TensorInfo], list[TensorInf
     return [info(a) for a in session.get_inputs()], [info(a) for a in session.get_outputs()]
 
 
+def open_staging(out_root: Path | str, name: str) -> tuple[str, Path, Path]:
+    """A new version, its final folder, and an empty staging folder beside it to write into."""
+    version = new_version()
+    final = Path(out_root) / name / version
+    staging = Path(out_root) / name / f".{version}.partial"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return version, final, staging
+
+
+def publish(staging: Path, final: Path) -> Path:
+    """Sign a sealed staging folder when ROOST_SIGNING_KEY names a key (who made it, not only that
+    it is intact: services/signing.py), then move it to its final name, whole."""
+    signing_key = os.environ.get(SIGNING_KEY_ENV)
+    if signing_key:
+        log.info("signed: %s", sign(staging, signing_key).name)
+    staging.rename(final)
+    return final
+
+
 def write_bundle(
     learn,
     *,
@@ -349,12 +370,7 @@ def write_bundle(
     int8: Int8Plan | None = None,
 ) -> Path:
     """Write, verify and seal one bundle; the folder appears under its version only when whole."""
-    version = new_version()
-    final = Path(out_root) / name / version
-    staging = Path(out_root) / name / f".{version}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    version, final, staging = open_staging(out_root, name)
     try:
         start = time.perf_counter()
         export_learner(learn, staging / LEARNER_FILE)
@@ -401,10 +417,7 @@ def write_bundle(
                 quantization=quantization,
             ),
         )
-        signing_key = os.environ.get(SIGNING_KEY_ENV)
-        if signing_key:  # who made it, not only that it is intact: services/signing.py
-            log.info("signed: %s", sign(staging, signing_key).name)
-        staging.rename(final)
+        publish(staging, final)
         for extra in sorted(p for p in final.iterdir() if p.name not in (MODEL_FILE, LEARNER_FILE, PREPROCESS_FILE, MANIFEST_FILE)):
             log.info("%s: %s", "picture" if extra.suffix == ".png" else "file", extra)
         log.info("bundle written: %s (export %.1f s)", final, time.perf_counter() - start)

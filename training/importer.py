@@ -502,10 +502,9 @@ def check_name(name: str) -> None:
 def import_learner(learner: Path, name: str, samples: Path | None, out: Path = Path("artifacts")) -> Path:
     """Write, prove and seal the bundle of ``learner``; returns its folder."""
     from services.bundle import (
-        IMAGE_INPUT, LEARNER_FILE, MODEL_FILE, DataSummary, Quantization, new_version, seal, sha256_file, write_spec,
+        IMAGE_INPUT, LEARNER_FILE, MODEL_FILE, DataSummary, Quantization, seal, sha256_file, write_spec,
     )
-    from services.signing import SIGNING_KEY_ENV, sign
-    from training.export import OPSET, code_revision, export_onnx, library_versions, onnx_tensor_infos
+    from training.export import OPSET, code_revision, export_onnx, library_versions, onnx_tensor_infos, open_staging, publish
 
     check_name(name)
     learner = Path(learner)
@@ -522,12 +521,7 @@ def import_learner(learner: Path, name: str, samples: Path | None, out: Path = P
     spec = build_spec(learn, task, data)
     signature, image_input = onnx_signature(learn, task, spec, data)
 
-    version = new_version()
-    final = Path(out) / name / version
-    staging = Path(out) / name / f".{version}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
+    version, final, staging = open_staging(out, name)
     start = time.perf_counter()
     shutil.copyfile(learner, staging / LEARNER_FILE)  # the user's own file, byte for byte
     export_onnx(learn.model, signature, staging / MODEL_FILE, image_input)
@@ -568,10 +562,7 @@ def import_learner(learner: Path, name: str, samples: Path | None, out: Path = P
     log.info("proof, learn.predict vs Roost's serving path on %d samples: %s", len(data.items), proof)
     sample_picture(staging, task, model, data)
     seal(staging, {**fields, "export_parity": proof})
-    signing_key = __import__("os").environ.get(SIGNING_KEY_ENV)
-    if signing_key:
-        log.info("signed: %s", sign(staging, signing_key).name)
-    staging.rename(final)
+    publish(staging, final)
     log.info("bundle written: %s (%.1f s); serve it: ROOST_BUNDLE=%s make serve MODEL=%s", final, time.perf_counter() - start, final, name)
     return final
 

@@ -2,19 +2,13 @@
 "use strict";
 
 (async () => {
-  const { $, show, bars, percent, ms } = Roost;
+  const { $, bars, percent, ms } = Roost;
   await Roost.start();
 
   async function classify(file) {
-    show($("#error"), "");
-    $("#busy").hidden = false;
-    const [picture, answer] = await Promise.all([Roost.bitmap(file), Roost.sendPhoto(file)]);
-    $("#busy").hidden = true;
-    if (!answer.ok) {
-      $("#result").hidden = true;
-      show($("#error"), Roost.errorText(answer.data, answer.status));
-      return;
-    }
+    const got = await Roost.predictPhoto(file);
+    if (!got) return;
+    const { picture, answer } = got;
     const r = answer.data;
     if (picture) {
       const canvas = $("#photo");

@@ -127,7 +127,23 @@ const Roost = (() => {
     return call("predict", { method: "POST", body: form });
   }
 
+  // A photo page's request: clears the error, shows #busy while the photo is decoded here and
+  // answered there; on a refusal hides #result and shows the server's message. Returns
+  // { picture, answer } for an answer to show, else null.
+  async function predictPhoto(file) {
+    show($("#error"), "");
+    $("#busy").hidden = false;
+    const [picture, answer] = await Promise.all([bitmap(file), sendPhoto(file)]);
+    $("#busy").hidden = true;
+    if (!answer.ok) {
+      $("#result").hidden = true;
+      show($("#error"), errorText(answer.data, answer.status));
+      return null;
+    }
+    return { picture, answer };
+  }
+
   const ms = (t) => (t < 1000 ? `${Math.round(t)}\u00a0ms` : `${(t / 1000).toFixed(2)}\u00a0s`);
 
-  return { $, el, call, postJSON, problems, errorText, show, start, bars, picker, bitmap, sendPhoto, percent, ms };
+  return { $, el, call, postJSON, problems, errorText, show, start, bars, picker, bitmap, sendPhoto, predictPhoto, percent, ms };
 })();

@@ -3,7 +3,7 @@
 "use strict";
 
 (async () => {
-  const { $, el, show, percent, ms } = Roost;
+  const { $, el, percent, ms } = Roost;
   const spec = await Roost.start();
   const colour = Object.fromEntries(spec.classes.map((c) => [c.name, c.colour]));
   let shown = null; // {picture, mask}
@@ -39,15 +39,9 @@
   }
 
   async function segment(file) {
-    show($("#error"), "");
-    $("#busy").hidden = false;
-    const [picture, answer] = await Promise.all([Roost.bitmap(file), Roost.sendPhoto(file)]);
-    $("#busy").hidden = true;
-    if (!answer.ok) {
-      $("#result").hidden = true;
-      show($("#error"), Roost.errorText(answer.data, answer.status));
-      return;
-    }
+    const got = await Roost.predictPhoto(file);
+    if (!got) return;
+    const { picture, answer } = got;
     const r = answer.data;
     const png = Uint8Array.from(atob(r.mask_png_base64), (c) => c.charCodeAt(0));
     shown = { picture, mask: await createImageBitmap(new Blob([png], { type: "image/png" })) };
