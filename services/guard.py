@@ -17,6 +17,8 @@ that carries work (any POST: the typed routes and OIP infer):
    ``Connection: close``, so no keep-alive client reuses a connection the server is about to shut.
 
 The model's in-flight count (admitted, unanswered) is released when the answer has been sent.
+Every such request's whole time here, refusals included, is observed as
+``roost_request_seconds{protocol="http"|"oip_rest"}`` (OIP gRPC times itself: oip/grpc_server.py).
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class RequestGuard:
             return await self.app(scope, receive, self._closing_when_draining(model, send))
 
         protocol = protocol_of(scope.get("path", ""))
+        with metrics.request_timer(model.name, protocol):
+            await self._guarded(model, protocol, scope, receive, send)
+
+    async def _guarded(self, model, protocol: str, scope, receive, send):
         try:
             model.admit(protocol)
         except RoostError as exc:

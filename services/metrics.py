@@ -53,6 +53,14 @@ MODEL_INFO = Gauge(
     ["model", "version", "runtime", "arch", "device", "precision", "file"],
     multiprocess_mode="livemax",
 )
+REQUEST_SECONDS = Histogram(
+    "roost_request_seconds",
+    "Whole time a work-carrying request (a POST on HTTP, an OIP ModelInfer on gRPC) spent in the "
+    "server process, from admission to the answer sent, refusals included; by protocol (http, "
+    "oip_rest, oip_grpc).",
+    ["model", "protocol"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+)
 QUEUE_ROWS = Gauge(
     "roost_queue_rows",
     "Rows waiting in the model's batcher queue (summed over workers).",
@@ -77,6 +85,7 @@ METRIC_NAMES = (
     "roost_batch_size",
     "roost_predictions_total",
     "roost_requests_total",
+    "roost_request_seconds",
     "roost_requests_in_flight",
     "roost_rejected_total",
     "roost_model_info",
@@ -84,6 +93,16 @@ METRIC_NAMES = (
     "roost_queue_seconds",
     "roost_batches_total",
 )
+
+
+@contextmanager
+def request_timer(model: str, protocol: str):
+    """Observe roost_request_seconds for one request, however it ends (answer, refusal, error)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        REQUEST_SECONDS.labels(model, protocol).observe(time.perf_counter() - start)
 
 
 @contextmanager

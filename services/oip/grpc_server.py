@@ -13,6 +13,7 @@ import logging
 
 import grpc
 
+from services import metrics
 from services.errors import RoostError
 from services.oip.codec import Tensor, TensorError, fill_contents, from_contents, from_raw, to_raw
 from services.oip.core import OipCore
@@ -77,6 +78,10 @@ class Servicer:
         )
 
     async def ModelInfer(self, request, context):
+        with metrics.request_timer(self.core.model.name, PROTOCOL):  # aborts too: they raise through here
+            return await self._model_infer(request, context)
+
+    async def _model_infer(self, request, context):
         core = self.core
         try:
             core.resolve(request.model_name, request.model_version or None)

@@ -8,6 +8,7 @@ def test_every_public_metric_is_registered_under_its_documented_name():
     metrics.BATCH_SIZE.labels("bird").observe(4)
     metrics.PREDICTIONS.labels("bird", "bird").inc()
     metrics.REQUESTS.labels("bird", "http", "ok").inc()
+    metrics.REQUEST_SECONDS.labels("bird", "oip_grpc").observe(0.01)
     metrics.IN_FLIGHT.labels("bird").inc()
     metrics.IN_FLIGHT.labels("bird").dec()
     metrics.REJECTED.labels("bird", "queue_full").inc()
@@ -28,3 +29,16 @@ def test_timed_observes_even_when_the_stage_fails():
     except ValueError:
         pass
     assert REGISTRY.get_sample_value("roost_stage_seconds_count", {"model": "t", "stage": "x"}) == before + 1
+
+
+def test_request_timer_observes_refused_and_failed_requests_under_their_protocol():
+    labels = {"model": "t", "protocol": "oip_grpc"}
+    before = REGISTRY.get_sample_value("roost_request_seconds_count", labels) or 0
+    try:
+        with metrics.request_timer("t", "oip_grpc"):
+            raise RuntimeError
+    except RuntimeError:
+        pass
+    with metrics.request_timer("t", "oip_grpc"):
+        pass
+    assert REGISTRY.get_sample_value("roost_request_seconds_count", labels) == before + 2

@@ -232,6 +232,12 @@ def test_every_request_is_counted_once_with_its_protocol(server):
                                      ("oip_rest", "client_error", 1), ("oip_grpc", "client_error", 0)]:
         got = requests_count(after, protocol, outcome) - requests_count(before, protocol, outcome)
         assert got == delta, (protocol, outcome, got)
+    # roost_request_seconds: one observation per request, under its own protocol, whatever the outcome
+    for protocol, delta in [("oip_rest", 2), ("oip_grpc", 1), ("http", 1)]:
+        key = ("roost_request_seconds_count", ("protocol", protocol))
+        assert after.get(key, 0.0) - before.get(key, 0.0) == delta, protocol
+        seconds = ("roost_request_seconds_sum", ("protocol", protocol))
+        assert after[seconds] > before.get(seconds, 0.0), protocol
 
 
 # --- one batcher for every protocol ----------------------------------------------------------------
