@@ -232,3 +232,19 @@ def crd_problems(doc: dict) -> list[str]:
 
     compare(doc, back, doc["kind"])
     return problems
+
+# NVIDIA dcgm-exporter series the dashboard's GPU panels read (DCGM_FI_PROF_* only where profiling
+# metrics are enabled: MIG slices report no DCGM_FI_DEV_GPU_UTIL).
+DCGM_METRICS = (
+    "DCGM_FI_DEV_GPU_UTIL",
+    "DCGM_FI_DEV_FB_USED",
+    "DCGM_FI_PROF_GR_ENGINE_ACTIVE",
+)
+
+
+def dashboard_panels(rendered) -> list[dict]:
+    """The Grafana dashboard's panels from a render's dashboard ConfigMap."""
+    import json
+
+    [cm] = rendered.kind("ConfigMap")
+    return json.loads(cm["data"]["roost.json"])["panels"]

@@ -15,6 +15,7 @@ from tests.charts.helpers import (
     CHART,
     CONFIGS,
     CRD_KINDS,
+    DCGM_METRICS,
     EXAMPLES,
     MODELS,
     NAMESPACE,
@@ -22,6 +23,7 @@ from tests.charts.helpers import (
     checkov_json,
     config_args,
     crd_problems,
+    dashboard_panels,
     effective_values,
     kubernetes_validate,
     promql_metric_names,
@@ -427,11 +429,44 @@ def test_dashboard_charts_only_metrics_that_exist(render_config):
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     exprs += [v["query"]["query"] for v in dashboard["templating"]["list"] if isinstance(v.get("query"), dict)]
     used = {base_metric(n) for e in exprs for n in promql_metric_names(e)}
-    assert used <= set(METRIC_NAMES) | set(BENTOML_METRICS), used - set(METRIC_NAMES) - set(BENTOML_METRICS)
+    # every roost_* name is one services/metrics.py exports, every bentoml_* one BentoML's, and the rest
+    # are dcgm-exporter's GPU series: nothing else
+    assert {n for n in used if n.startswith("roost_")} <= set(METRIC_NAMES), used - set(METRIC_NAMES)
+    assert {n for n in used if n.startswith("bentoml_")} <= set(BENTOML_METRICS), used - set(BENTOML_METRICS)
+    others = used - set(METRIC_NAMES) - set(BENTOML_METRICS)
+    assert others <= set(DCGM_METRICS), others - set(DCGM_METRICS)
     # the panels the issue asks for: rate, latency percentiles, batch size, shed counts, per-label predictions
     for metric in ("roost_requests_total", "roost_stage_seconds", "roost_batch_size", "roost_rejected_total",
                    "roost_predictions_total", "roost_requests_in_flight", "bentoml_service_request_duration_seconds"):
         assert metric in used
+
+
+
+def test_dashboard_has_protocol_latency_queue_and_gpu_panels(render_config):
+    panels = {p["title"]: p for p in dashboard_panels(render_config("default"))}
+    assert len(panels) == len(dashboard_panels(render_config("default")))  # titles are unique
+    ids = [p["id"] for p in panels.values()]
+    assert len(set(ids)) == len(ids)
+
+    def exprs(fragment: str) -> list[str]:
+        [panel] = [p for t, p in panels.items() if fragment in t]
+        return [t["expr"] for t in panel["targets"]]
+
+    # latency by protocol, p50 and p99, from the server-side histogram (gRPC included: no protocol filter)
+    latency = exprs("Request latency by protocol")
+    assert [e.split(",")[0] for e in latency] == ["histogram_quantile(0.5", "histogram_quantile(0.99"]
+    for e in latency:
+        assert "roost_request_seconds_bucket" in e and "by (le, model, protocol)" in e and "protocol=" not in e
+    # the batcher's queue: wait and depth
+    assert any("roost_queue_seconds_bucket" in e for e in exprs("Queue wait"))
+    assert any("roost_queue_rows" in e for e in exprs("Queue depth"))
+    # GPU: dcgm-exporter's series, joined to this dashboard's Roost pods by (namespace, pod)
+    for fragment, metric in (("GPU utilisation", "DCGM_FI_DEV_GPU_UTIL"), ("GPU memory", "DCGM_FI_DEV_FB_USED")):
+        [first, *_] = exprs(fragment)
+        assert first.startswith(f"max by (model, pod, gpu) ({metric}{{")
+        assert "* on (namespace, pod) group_left(model)" in first and "roost_model_info{" in first
+        [panel] = [p for t, p in panels.items() if fragment in t]
+        assert "dcgm-exporter" in panel["description"] and "Empty without" in panel["description"]
 
 
 def test_helm_test_pods_check_readiness_and_one_inference(render_config):

@@ -189,3 +189,57 @@ def test_every_dashboard_query_parses_as_promql(render_config, promtool, tmp_pat
     (tmp_path / "panels.yaml").write_text(yaml.safe_dump({"groups": [{"name": "panels", "rules": rules}]}))
     result = subprocess.run([promtool, "check", "rules", "panels.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_dashboards_protocol_latency_and_gpu_queries_compute_on_their_series(render_config, promtool, tmp_path):
+    """promtool evaluates the new panels' queries on made-up series: p50/p99 per protocol from
+    roost_request_seconds, and dcgm-exporter's GPU series joined to Roost's pods only (another pod's
+    GPU, and an idle GPU with empty pod/namespace labels, are left out)."""
+    from tests.charts.helpers import dashboard_panels
+
+    panels = dashboard_panels(render_config("default"))
+    fill = {"$__rate_interval": "5m", "$namespace": ".*", "$model": ".*"}
+
+    def exprs(fragment: str) -> list[str]:
+        [panel] = [p for p in panels if fragment in p["title"]]
+        out = []
+        for t in panel["targets"]:
+            e = t["expr"]
+            for k, v in fill.items():
+                e = e.replace(k, v)
+            out.append(e)
+        return out
+
+    pod = {"namespace": NAMESPACE, "pod": "roost-bird-7d9f-abcde", "job": "roost-bird", "model": "bird"}
+    inputs = [series("roost_model_info", {**pod, "version": "v1", "runtime": "onnx", "device": "cuda"}, "1x60")]
+    # http: every request in (0.05, 0.1]; oip_grpc: every one in (0, 0.0005]
+    for protocol, counts in (("http", {"0.0005": 0, "0.05": 0, "0.1": 100, "+Inf": 100}),
+                             ("oip_grpc", {"0.0005": 100, "0.05": 100, "0.1": 100, "+Inf": 100})):
+        inputs += [series("roost_request_seconds_bucket", {**pod, "protocol": protocol, "le": le}, f"0+{n}x60")
+                   for le, n in counts.items()]
+    exporter = {"job": "nvidia-dcgm-exporter", "instance": "10.0.0.9:9400", "Hostname": "gpu-node-1"}
+    for metric, mine, theirs in (("DCGM_FI_DEV_GPU_UTIL", 42, 90), ("DCGM_FI_DEV_FB_USED", 1536, 9000)):
+        inputs += [
+            series(metric, {**exporter, "gpu": "0", "UUID": "GPU-a", "namespace": NAMESPACE, "pod": pod["pod"], "container": "bird"}, f"{mine}x60"),
+            series(metric, {**exporter, "gpu": "1", "UUID": "GPU-b", "namespace": NAMESPACE, "pod": "someone-else-0", "container": "x"}, f"{theirs}x60"),
+            series(metric, {**exporter, "gpu": "2", "UUID": "GPU-c", "namespace": "", "pod": "", "container": ""}, "0x60"),
+        ]
+    [p50, p99] = exprs("Request latency by protocol")
+    [util, _mig] = exprs("GPU utilisation")
+    [memory] = exprs("GPU memory")
+    at = {"model": "bird", "pod": pod["pod"], "gpu": "0"}
+    p50, p99 = (f"round({e}, 0.000001)" for e in (p50, p99))  # rates of N/60 per second: compare to 1e-6
+    checks = [
+        (p50, [{"labels": '{model="bird",protocol="http"}', "value": 0.075},
+               {"labels": '{model="bird",protocol="oip_grpc"}', "value": 0.00025}]),
+        (p99, [{"labels": '{model="bird",protocol="http"}', "value": 0.0995},
+               {"labels": '{model="bird",protocol="oip_grpc"}', "value": 0.000495}]),
+        (util, [{"labels": "{" + ",".join(f'{k}="{v}"' for k, v in at.items()) + "}", "value": 42}]),
+        (memory, [{"labels": "{" + ",".join(f'{k}="{v}"' for k, v in at.items()) + "}", "value": 1536}]),
+    ]
+    tests = [{"interval": "1m", "input_series": inputs,
+              "promql_expr_test": [{"expr": e, "eval_time": "30m", "exp_samples": s} for e, s in checks]}]
+    rules = [{"record": f"roost:panel_{i}", "expr": e} for i, (e, _) in enumerate(checks)]
+    result = run_promtool(promtool, tmp_path, [{"name": "panels", "rules": rules}], tests)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+    assert "SUCCESS" in result.stdout

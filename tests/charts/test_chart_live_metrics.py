@@ -82,7 +82,7 @@ def test_the_helm_test_script_passes_against_a_live_server(server_of, render_con
 def test_dashboard_metrics_exist_on_a_live_server_after_traffic(bird_server, render_config):
     """Series that exist after ordinary traffic (counters for rejections appear only on rejection)."""
     series = scraped_series(bird_server.metrics())
-    for name in ("roost_stage_seconds", "roost_batch_size", "roost_predictions_total", "roost_requests_total",
+    for name in ("roost_stage_seconds", "roost_batch_size", "roost_predictions_total", "roost_requests_total", "roost_request_seconds",
                  "roost_model_info", "bentoml_service_request_duration_seconds", "bentoml_service_request_total"):
         assert name in series, name
     assert set(BENTOML_METRICS) & set(series)
