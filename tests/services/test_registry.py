@@ -91,6 +91,45 @@ def test_image_requirements_are_the_extras_and_serving_takes_no_torch():
         registry.image_requirements("dev")
 
 
+# What each pinned onnxruntime-gpu wheel needs, read from the wheel itself (build_and_package_info.py's
+# cuda_version, its nvidia-* extras, readelf -d of libonnxruntime_providers_cuda.so): version -> (CUDA it
+# was built with, cuDNN major, minimum Linux driver for that CUDA). A new pin needs its row, checked the same way.
+ORT_GPU_WHEELS = {"1.31.1": ("13.0", "9", "580.65.06")}
+# A CPU onnxruntime version for which PyPI has no onnxruntime-gpu of the same version -> the GPU pin instead.
+ORT_GPU_FOR_CPU = {"1.32.0": "1.31.1"}
+
+
+def test_onnxruntime_gpu_is_pinned_exactly_to_the_cpu_version_and_its_cuda_is_documented():
+    import tomllib
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    [pin] = [Requirement(r) for r in extras["gpu"] if Requirement(r).name == "onnxruntime-gpu"]
+    [spec] = pin.specifier
+    assert spec.operator == "==" and re.fullmatch(r"\d+\.\d+\.\d+", spec.version), f"pin onnxruntime-gpu exactly, not {pin}"
+    try:
+        cpu = version("onnxruntime")
+    except PackageNotFoundError:
+        pytest.skip("the CPU onnxruntime is not installed here")
+    for extra in ("serve", "train"):  # the CPU version in use is one the project admits
+        [req] = [Requirement(r) for r in extras[extra] if Requirement(r).name == "onnxruntime"]
+        assert req.specifier.contains(cpu), (extra, str(req), cpu)
+    assert spec.version == ORT_GPU_FOR_CPU.get(cpu, cpu), (
+        f"onnxruntime {cpu} (CPU) and onnxruntime-gpu {spec.version} drifted apart: pin onnxruntime-gpu=={cpu}, "
+        "or record in ORT_GPU_FOR_CPU why PyPI has no such GPU wheel")
+    assert f"onnxruntime-gpu[cuda,cudnn]=={spec.version}" in registry.image_requirements("gpu")
+    cuda, cudnn, driver = ORT_GPU_WHEELS[spec.version]
+    docs = (ROOT / "docs" / "deploy.md").read_text()
+    gpu_section = docs[docs.index("## GPU nodes"):docs.index("\n## ", docs.index("## GPU nodes") + 1)]
+    for fact in (f"onnxruntime-gpu=={spec.version}", f"CUDA {cuda}", f"cuDNN {cudnn}", f">= {driver}",
+                 f"libcudart.so.{cuda.split('.')[0]}"):
+        assert fact in gpu_section, fact
+    dockerfile = (ROOT / "services" / "Dockerfile.serve").read_text()
+    assert f"CUDA {cuda}" in dockerfile and f">= {driver}" in dockerfile
+
+
 def test_cli_prints_what_images_build_sh_asks():
     def cli(*args):
         return subprocess.run([sys.executable, "-m", "services.registry", *args], cwd=ROOT,
