@@ -15,6 +15,11 @@ Checks, in order (any failure: exit 1, nothing changes):
 Then it prints (or with --apply runs) the `helm upgrade --reuse-values` that pins the version:
 models.<m>.bundleVersion (promotion, canary off), or models.<m>.canary.bundleVersion (--canary).
 Rolling back is promoting the previous version again (it is still on the PVC).
+
+In a cluster it runs as a Job (k8s/promotion/job-promote.yaml) in a serving image, which holds the
+code (services/, on PYTHONPATH) but no chart and no helm: --chart then names the packaged chart
+(`helm package charts/roost`, a .tgz: the `helm test` requests come from its values.yaml) and --helm
+a helm binary.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+if (ROOT / "services").is_dir():  # the repository; elsewhere (the promotion Job) services/ is on PYTHONPATH
+    sys.path.insert(0, str(ROOT))
 
 
 def png(w: int = 64, h: int = 64) -> bytes:  # the helm test Pod's image
@@ -64,20 +70,34 @@ def call(url: str, body: str | None = None, timeout: float = 60) -> int:
         return resp.status
 
 
-def smoke(model: str, bundle: Path, env_extra: dict, ready_timeout: float) -> None:
+def chart_values(chart: str) -> dict:
+    """The chart's values.yaml: from a chart folder, or from a packaged chart (.tgz, `helm package`)."""
+    import tarfile
+
     import yaml
 
+    path = Path(chart)
+    if path.is_dir():
+        return yaml.safe_load((path / "values.yaml").read_text())
+    with tarfile.open(path) as tgz:  # helm package: <name>/values.yaml
+        [member] = [m for m in tgz.getmembers() if m.isfile() and m.name.count("/") == 1 and m.name.endswith("/values.yaml")]
+        return yaml.safe_load(tgz.extractfile(member).read())
+
+
+def smoke(model: str, bundle: Path, env_extra: dict, ready_timeout: float, chart: str) -> None:
+    import services
     from services.registry import MODELS
 
-    test = yaml.safe_load((ROOT / "charts" / "roost" / "values.yaml").read_text())["models"][model]["test"]
+    test = chart_values(chart)["models"][model]["test"]
+    code = Path(services.__file__).resolve().parents[1]  # the folder holding services/: the repository or /opt/roost
     port, grpc = free_ports(2)
     with tempfile.TemporaryDirectory() as tmp:
         env = {**os.environ, **env_extra, "ROOST_BUNDLE": str(bundle), "ROOST_GRPC_PORT": str(grpc),
-               "BENTOML_HOME": f"{tmp}/bentoml", "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(ROOT)}
+               "BENTOML_HOME": f"{tmp}/bentoml", "BENTOML_DO_NOT_TRACK": "True", "PYTHONPATH": str(code)}
         bentoml = Path(sys.executable).parent / "bentoml"
         log = open(f"{tmp}/server.log", "wb")
         proc = subprocess.Popen([str(bentoml), "serve", MODELS[model].service, "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                cwd=code, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             url = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + ready_timeout
@@ -116,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--canary", action="store_true", help="set the canary's version instead of the served one")
     ap.add_argument("--release", default="roost")
     ap.add_argument("-n", "--namespace", default="roost")
-    ap.add_argument("--chart", default=str(ROOT / "charts" / "roost"))
+    ap.add_argument("--chart", default=str(ROOT / "charts" / "roost"), help="the chart folder, or a packaged chart (.tgz)")
+    ap.add_argument("--helm", default=os.environ.get("ROOST_HELM", "helm"), help="the helm binary --apply runs")
     ap.add_argument("--apply", action="store_true", help="run the helm upgrade (default: print it)")
     args = ap.parse_args(argv)
 
@@ -152,14 +173,14 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_smoke:
         env = {"ROOST_TRUSTED_KEY": args.trusted_key} if args.trusted_key else {}
         try:
-            smoke(args.model, bundle, env, args.ready_timeout)
+            smoke(args.model, bundle, env, args.ready_timeout, args.chart)
         except SystemExit as exc:
             print(f"REFUSED {bundle}: {exc}", file=sys.stderr)
             return 1
     key = f"models.{args.model}"
     sets = ([f"{key}.canary.enabled=true", f"{key}.canary.bundleVersion={args.version}"] if args.canary
             else [f"{key}.bundleVersion={args.version}", f"{key}.canary.enabled=false"])
-    cmd = ["helm", "upgrade", args.release, args.chart, "--namespace", args.namespace, "--reuse-values", "--wait"]
+    cmd = [args.helm, "upgrade", args.release, args.chart, "--namespace", args.namespace, "--reuse-values", "--wait"]
     for s in sets:
         cmd += ["--set", s]
     print(shlex.join(cmd))
