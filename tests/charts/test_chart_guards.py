@@ -160,6 +160,44 @@ def test_a_canary_is_a_second_deployment_behind_the_same_service(render_config):
     assert hpa["spec"]["scaleTargetRef"]["name"] == "roost-bird"
 
 
+def selects(selector: dict, labels: dict) -> bool:
+    """Whether a LabelSelector (matchLabels and matchExpressions) matches a pod's labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and key in labels and labels[key] in values) \
+                or (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+@pytest.mark.parametrize("config", ["default", "pvc", "all-models", "keda", "gpu", "custom-autoscaling"])
+def test_no_deployments_selector_matches_another_deployments_pods(render_config, render, config):
+    """Stable and canary (and every model's) Deployments own disjoint pods: a selector that matched the
+    other track's pods would let the HPA (which measures the pods its target's selector matches) average
+    canary pods into the stable Deployment's scaling, and Kubernetes calls overlapping controllers
+    undefined behaviour. The Service still selects both tracks."""
+    rendered = render_config(config)
+    if config == "pvc":
+        assert any(d["metadata"]["name"].endswith("-canary") for d in rendered.kind("Deployment"))
+    deps = rendered.kind("Deployment")
+    for dep in deps:
+        for other in deps:
+            pod_labels = other["spec"]["template"]["metadata"]["labels"]
+            mine = dep is other
+            assert selects(dep["spec"]["selector"], pod_labels) == mine, (dep["metadata"]["name"], other["metadata"]["name"])
+    for svc in rendered.kind("Service"):
+        model = svc["metadata"]["labels"]["app.kubernetes.io/component"]
+        behind = [d["metadata"]["name"] for d in deps
+                  if selects({"matchLabels": svc["spec"]["selector"]}, d["spec"]["template"]["metadata"]["labels"])]
+        assert sorted(behind) == sorted(d["metadata"]["name"] for d in rendered.of_model(model) if d["kind"] == "Deployment")
+    for hpa in rendered.kind("HorizontalPodAutoscaler"):  # autoscalers target the stable track only
+        assert not hpa["spec"]["scaleTargetRef"]["name"].endswith("-canary")
+    for so in rendered.kind("ScaledObject"):
+        assert not so["spec"]["scaleTargetRef"]["name"].endswith("-canary")
+
+
 def test_a_canary_needs_a_different_version(helm):
     base = ["--set", "modelSource.type=pvc,models.bird.bundleVersion=v1,models.bird.canary.enabled=true"]
     assert "canary.bundleVersion" in fails(helm, *base)
