@@ -143,6 +143,7 @@ class Quantization(_Spec):
     gate: dict[str, float] = {}  # the thresholds it was held to
     calibration: dict[str, str | int | float] = {}  # split, images, source
     settings: dict[str, str | int | float | bool] = {}  # how it was quantized
+    attempts: list[dict[str, str | int | float | bool | list[str]]] = []  # every candidate judged on the validation set
 
 
 class Manifest(_Spec):

@@ -48,6 +48,8 @@ def test_quick_bundle_records_its_int8_verdict(bird_bundle):
     assert written == ("model.int8.onnx" in m.files) == (bird_bundle / "model.int8.onnx").exists() == m.has_int8()
     passed = q.agreement["top1_agreement"] >= 0.99 and q.agreement["int8_error_rate"] - q.agreement["fp32_error_rate"] <= 0.01
     assert written == passed, q.reason
+    assert q.attempts and not any(a["passed"] for a in q.attempts[:-1]) and q.attempts[-1]["passed"] == written
+    assert q.attempts[-1]["top1_agreement"] == round(q.agreement["top1_agreement"], 6)
 
 
 def test_a_gate_that_cannot_be_met_leaves_fp32_only_with_the_figures(bird_bundle, tmp_path):
@@ -65,6 +67,46 @@ def test_a_gate_that_cannot_be_met_leaves_fp32_only_with_the_figures(bird_bundle
     assert q.status == "refused" and q.file is None and not out.exists() and not list(tmp_path.iterdir())
     assert "< 1.01" in q.reason and 0 <= q.agreement["top1_agreement"] <= 1 and q.agreement["images"] == 12
     assert q.gate["min_top1_agreement"] == 1.01 and q.calibration["images"] == 12
+    # every candidate judged is on record: all-INT8, then the best-ranked group in FP32, then the best two
+    assert len(q.attempts) == 3 and "(3 candidates judged)" in q.reason
+    assert [a["fp32_groups"] for a in q.attempts][0] == "none" and len(q.attempts[1]["fp32_groups"]) == 1
+    assert set(q.attempts[1]["fp32_groups"]) < set(q.attempts[2]["fp32_groups"]) and len(q.attempts[2]["fp32_groups"]) == 2
+    assert not any(a["passed"] for a in q.attempts) and q.attempts[-1]["top1_agreement"] == round(q.agreement["top1_agreement"], 6)
+    assert 0 < q.attempts[1]["fp32_nodes"] < q.attempts[2]["fp32_nodes"]
+
+
+def test_a_fallback_group_runs_in_fp32_and_the_groups_cover_the_network(bird_bundle, tmp_path):
+    """The fallback's unit: contiguous runs of the graph with about as many convolutions each; a
+    candidate with a group kept in FP32 has no quantized convolution in that group, and every other
+    quantizable convolution is still INT8."""
+    import onnx
+
+    from services.preprocessing import decode_image, image_pixels
+    from training.quantize import GROUPS, _Quantizer, conv_groups
+
+    spec = open_bundle(bird_bundle).spec
+    files = sorted((SHARED / "bird_or_forest" / "bird").iterdir())[:4] + sorted((SHARED / "bird_or_forest" / "forest").iterdir())[:4]
+    x = np.stack([image_pixels(decode_image(f.read_bytes()), spec) for f in files])
+    q = _Quantizer(bird_bundle / "model.onnx", x, tmp_path)
+    groups = conv_groups(q.pre, q.keep)
+    names = [n.name for n in onnx.load(str(q.pre)).graph.node]
+    convs = [n for n in onnx.load(str(q.pre)).graph.node if n.op_type == "Conv" and n.name not in q.keep]
+    assert len(groups) == GROUPS and not set(q.keep) & {n for g in groups for n in g}
+    flat = [n for g in groups for n in g]
+    assert flat == [n for n in names[names.index(groups[0][0]):] if n not in q.keep]  # contiguous, in graph order
+    per_group = [sum(n.name in g for n in convs) for g in groups]
+    assert sum(per_group) == len(convs) and max(per_group) - min(per_group) <= 1
+
+    def quantized_convs(path):
+        graph = onnx.load(str(path)).graph
+        dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+        return {n.name for n in graph.node if n.op_type == "Conv" and n.input[1] in dequantized}
+
+    q.quantize(tmp_path / "all.onnx")
+    q.quantize(tmp_path / "fallback.onnx", groups[0])
+    everything = quantized_convs(tmp_path / "all.onnx")
+    assert {n.name for n in convs} <= everything
+    assert quantized_convs(tmp_path / "fallback.onnx") == everything - set(groups[0])
 
 
 def test_onnx_model_takes_any_batch_size(bird_bundle):
