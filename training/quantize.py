@@ -151,13 +151,6 @@ class _Quantizer:
             root.setLevel(level)
 
 
-def quantize_static_qdq(fp32: Path, out: Path, calibration: np.ndarray) -> None:
-    """The recipe above, all of it INT8 but the fixed FP32 layers: fp32 -> out, calibrated on uint8
-    NHWC ``calibration``."""
-    with tempfile.TemporaryDirectory(prefix="roost-quant-") as tmp:
-        _Quantizer(fp32, calibration, Path(tmp)).quantize(out)
-
-
 def agreement(task: str, fp32_out: np.ndarray, int8_out: np.ndarray, labels: np.ndarray | None) -> dict[str, float]:
     """The gate's figures for one task, from both models' outputs on the validation set."""
     a, b = fp32_out.argmax(axis=1), int8_out.argmax(axis=1)
