@@ -223,3 +223,68 @@ def test_the_dashboard_splits_by_version_and_shows_the_queue(render_config):
     assert any('protocol="oip_grpc"' in e for e in exprs)
     by_version = [e for e in exprs if "group_left(version)" in e]
     assert any("roost_requests_total" in e for e in by_version) and any("roost_stage_seconds" in e for e in by_version)
+
+
+# --- precision (ROOST_PRECISION) --------------------------------------------------------------------
+
+def container_env(dep: dict) -> dict:
+    return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+
+def model_deployments(rendered, model: str) -> dict:
+    return {d["metadata"]["name"]: d for d in rendered.of_model(model) if d["kind"] == "Deployment"}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_precision_defaults_to_auto_for_every_model(render, model):
+    assert effective_values("default")["models"][model]["precision"] == "auto"
+    [dep] = model_deployments(render("--set", f"models.{model}.enabled=true"), model).values()
+    assert container_env(dep)["ROOST_PRECISION"] == "auto"
+
+
+def test_precision_is_set_per_model(render):
+    rendered = render("--set", "models.segment.enabled=true,models.bird.precision=fp32")
+    [bird] = model_deployments(rendered, "bird").values()
+    [segment] = model_deployments(rendered, "segment").values()
+    assert container_env(bird)["ROOST_PRECISION"] == "fp32"
+    assert container_env(segment)["ROOST_PRECISION"] == "auto"
+
+
+def test_int8_on_a_gpu_renders_as_the_server_allows_it(render):
+    """services/runtime.model_file serves model.int8.onnx on CUDA when asked: the chart does not refuse it."""
+    [dep] = model_deployments(render("--set", "models.bird.precision=int8,models.bird.gpu=1"), "bird").values()
+    env = container_env(dep)
+    assert (env["ROOST_PRECISION"], env["ROOST_DEVICE"]) == ("int8", "cuda")
+
+
+def test_the_canary_takes_the_models_precision_unless_it_sets_its_own(render_config, render):
+    deps = model_deployments(render_config("pvc"), "bird")
+    assert container_env(deps["roost-bird-canary"])["ROOST_PRECISION"] == "auto"
+    base = ["--set", "modelSource.type=pvc,models.bird.bundleVersion=v1,models.bird.canary.enabled=true,models.bird.canary.bundleVersion=v2"]
+    deps = model_deployments(render(*base, "--set", "models.bird.precision=fp32"), "bird")
+    assert {n: container_env(d)["ROOST_PRECISION"] for n, d in deps.items()} == {"roost-bird": "fp32", "roost-bird-canary": "fp32"}
+    deps = model_deployments(render(*base, "--set", "models.bird.precision=fp32,models.bird.canary.precision=int8"), "bird")
+    assert {n: container_env(d)["ROOST_PRECISION"] for n, d in deps.items()} == {"roost-bird": "fp32", "roost-bird-canary": "int8"}
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_int8_fails_for_a_model_without_an_int8_export(helm, render, model):
+    """Only image models are quantized (training/quantize.py): tabular and collab bundles have no
+    model.int8.onnx, and the server refuses ROOST_PRECISION=int8 on such a bundle at start."""
+    from services.registry import MODELS as REGISTRY
+
+    args = ["--set", f"models.{model}.enabled=true,models.{model}.precision=int8"]
+    if REGISTRY[model].max_request_pixels == 0:  # no images: tabular, collab
+        err = fails(helm, *args)
+        assert f"models.{model}.precision=int8" in err and "no INT8 model" in err
+        canary = ["--set", f"modelSource.type=pvc,models.bird.bundleVersion=v1,models.{model}.bundleVersion=v1",
+                  "--set", f"models.{model}.canary.enabled=true,models.{model}.canary.bundleVersion=v2,models.{model}.canary.precision=int8"]
+        assert f"models.{model}.canary.precision=int8" in fails(helm, "--set", f"models.{model}.enabled=true", *canary)
+    else:
+        [dep] = model_deployments(render(*args), model).values()
+        assert container_env(dep)["ROOST_PRECISION"] == "int8"
+
+
+def test_int8_with_the_fastai_runtime_fails(helm):
+    err = fails(helm, "--set", "models.bird.runtime=fastai,bundleSigning.trustedKeySecret=roost-bundle-key,models.bird.precision=int8")
+    assert "models.bird.precision=int8 with models.bird.runtime=fastai" in err
