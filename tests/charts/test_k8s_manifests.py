@@ -31,23 +31,31 @@ CHECKOV_SKIPS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def training(tools, tmp_path_factory):
-    """`kubectl kustomize k8s/training` (offline) -> (file, docs)."""
-    out = subprocess.run([str(tools.kubectl), "kustomize", str(K8S / "training")], capture_output=True, text=True,
+def kustomized(tools, tmp_path_factory, folder: str):
+    """`kubectl kustomize k8s/<folder>` (offline) -> (file, docs)."""
+    out = subprocess.run([str(tools.kubectl), "kustomize", str(K8S / folder)], capture_output=True, text=True,
                          env=tools.env, timeout=60, check=True).stdout
-    path = tmp_path_factory.mktemp("k8s") / "training.yaml"
+    path = tmp_path_factory.mktemp("k8s") / f"{folder}.yaml"
     path.write_text(out)
     return path, [d for d in yaml.safe_load_all(out) if d]
 
 
-def test_training_manifests_validate_against_kubernetes(training):
-    path, docs = training
+def assert_valid_kubernetes(path, docs):
     result = kubernetes_validate(path, "1.29", "1.37")
     lines = (result.stdout + result.stderr).splitlines()
     assert result.returncode == 0, "\n".join(lines)
     assert [line for line in lines if not line.startswith("INFO")] == []
     assert sum(" passed for resource " in line for line in lines) == 2 * len(docs)
+
+
+@pytest.fixture(scope="module")
+def training(tools, tmp_path_factory):
+    return kustomized(tools, tmp_path_factory, "training")
+
+
+def test_training_manifests_validate_against_kubernetes(training):
+    path, docs = training
+    assert_valid_kubernetes(path, docs)
 
 
 def test_one_training_job_per_model_writes_to_the_shared_pvc(training):
@@ -133,22 +141,13 @@ CHANGE = {"get", "list", "watch", "create", "update", "patch", "delete"}
 
 @pytest.fixture(scope="module")
 def promotion(tools, tmp_path_factory):
-    """`kubectl kustomize k8s/promotion` (offline) -> (file, docs)."""
-    out = subprocess.run([str(tools.kubectl), "kustomize", str(K8S / "promotion")], capture_output=True, text=True,
-                         env=tools.env, timeout=60, check=True).stdout
-    path = tmp_path_factory.mktemp("k8s") / "promotion.yaml"
-    path.write_text(out)
-    return path, [d for d in yaml.safe_load_all(out) if d]
+    return kustomized(tools, tmp_path_factory, "promotion")
 
 
 def test_promotion_manifests_validate_against_kubernetes(promotion):
     path, docs = promotion
     assert sorted(d["kind"] for d in docs) == ["Job", "NetworkPolicy", "Role", "RoleBinding", "ServiceAccount"]
-    result = kubernetes_validate(path, "1.29", "1.37")
-    lines = (result.stdout + result.stderr).splitlines()
-    assert result.returncode == 0, "\n".join(lines)
-    assert [line for line in lines if not line.startswith("INFO")] == []
-    assert sum(" passed for resource " in line for line in lines) == 2 * len(docs)
+    assert_valid_kubernetes(path, docs)
 
 
 def test_promotion_manifests_pass_checkov(tools, promotion):
