@@ -96,19 +96,18 @@ METRIC_NAMES = (
 
 
 @contextmanager
+def _observed(histogram: Histogram, *labels: str):
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        histogram.labels(*labels).observe(time.perf_counter() - start)
+
+
 def request_timer(model: str, protocol: str):
     """Observe roost_request_seconds for one request, however it ends (answer, refusal, error)."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        REQUEST_SECONDS.labels(model, protocol).observe(time.perf_counter() - start)
+    return _observed(REQUEST_SECONDS, model, protocol)
 
 
-@contextmanager
 def timed(model: str, stage: str):
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        STAGE_SECONDS.labels(model, stage).observe(time.perf_counter() - start)
+    return _observed(STAGE_SECONDS, model, stage)

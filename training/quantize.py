@@ -112,14 +112,18 @@ class _Quantizer:
     in which nodes stay FP32."""
 
     def __init__(self, fp32: Path, calibration: np.ndarray, tmp: Path):
+        from onnxruntime.quantization import quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        self.calibration, self.tmp = calibration, tmp
+        self.calibration = calibration
+        self.fp32 = _session(fp32)  # the reference every candidate is compared with
+        self.name = self.fp32.get_inputs()[0].name
         self.pre = tmp / "pre.onnx"
-        self.cache = tmp / "calibration.json"
-        self.name = _session(fp32).get_inputs()[0].name
         quant_pre_process(str(fp32), str(self.pre), skip_symbolic_shape=True)
         self.keep = fp32_nodes(self.pre)
+        self.cached = {}
+        if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # onnxruntime >= 1.24
+            self.cached["calibration_cache_path"] = str(tmp / "calibration.json")
 
     def quantize(self, out: Path, also_fp32: list[str] = ()) -> None:
         from onnxruntime.quantization import (
@@ -135,9 +139,6 @@ class _Quantizer:
             def get_next(self):
                 return next(self.batches, None)
 
-        cached = {}
-        if "calibration_cache_path" in inspect.signature(quantize_static).parameters:  # onnxruntime >= 1.24
-            cached["calibration_cache_path"] = str(self.cache)
         root = logging.getLogger()
         level = root.level
         root.setLevel(logging.WARNING)  # onnxruntime.quantization logs a line per weight scale on the root logger
@@ -145,7 +146,7 @@ class _Quantizer:
             quantize_static(
                 str(self.pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=False,
                 nodes_to_exclude=self.keep + list(also_fp32), activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, **cached,
+                weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax, **self.cached,
             )
         finally:
             root.setLevel(level)
@@ -211,9 +212,10 @@ def quantize_model(
         with tempfile.TemporaryDirectory(prefix="roost-quant-", dir=out.parent) as tmp:
             tmp = Path(tmp)
             q = _Quantizer(fp32, calibration, tmp)
-            reference = _run(_session(fp32), valid)
+            reference = _run(q.fp32, valid)
+            groups = conv_groups(q.pre, q.keep)
 
-            def judged(path: Path, fp32_groups: list[int], groups: list[list[str]]):
+            def judged(path: Path, fp32_groups: list[int]):
                 figures = agreement(task, reference, _run(_session(path), valid), labels)
                 ok, why, bound = judge(task, figures, gate)
                 attempts.append({
@@ -224,20 +226,19 @@ def quantize_model(
                 common["gate"] = bound
                 return ok, why, figures
 
-            groups = conv_groups(q.pre, q.keep)
             best = tmp / "int8.onnx"
             q.quantize(best)
-            ok, why, figures = judged(best, [], groups)
+            ok, why, figures = judged(best, [])
             if not ok and MAX_FALLBACKS and len(groups) > 1:
-                ranked = _rank_groups(q, groups, fp32, tmp)
+                ranked = _rank_groups(q, groups, tmp)
                 log.info("INT8 refused all-INT8 (%s); trying with FP32 groups ranked on the calibration images: %s",
                          why, ", ".join(f"{g + 1}: {err:.4g}" for err, g, _ in ranked))
-                candidates = [[ranked[0][1]], [ranked[0][1], ranked[1][1]]][:MAX_FALLBACKS]
-                for fp32_groups in candidates:
-                    path = ranked[0][2] if len(fp32_groups) == 1 else tmp / "fallback.onnx"
-                    if len(fp32_groups) > 1:
-                        q.quantize(path, [n for g in fp32_groups for n in groups[g]])
-                    ok, why, figures = judged(path, sorted(fp32_groups), groups)
+                for k in range(1, min(MAX_FALLBACKS, len(groups)) + 1):  # the best k groups in FP32
+                    chosen = sorted(g for _, g, _ in ranked[:k])
+                    path = ranked[0][2] if k == 1 else tmp / f"fallback{k}.onnx"  # k == 1: the ranking built it
+                    if k > 1:
+                        q.quantize(path, [n for g in chosen for n in groups[g]])
+                    ok, why, figures = judged(path, chosen)
                     if ok:
                         best = path
                         break
@@ -258,10 +259,10 @@ def quantize_model(
     return Quantization(status="written", file=out.name, reason=why, agreement=figures, attempts=attempts, **common)
 
 
-def _rank_groups(q: _Quantizer, groups: list[list[str]], fp32: Path, tmp: Path) -> list[tuple[float, int, Path]]:
+def _rank_groups(q: _Quantizer, groups: list[list[str]], tmp: Path) -> list[tuple[float, int, Path]]:
     """Each group kept in FP32 in turn: (output MSE against FP32 on the calibration images, group, the
     model), lowest error first. Only training images are used, never the validation set."""
-    reference = _run(_session(fp32), q.calibration)
+    reference = _run(q.fp32, q.calibration)
     ranked = []
     for g, nodes in enumerate(groups):
         path = tmp / f"group{g}.onnx"

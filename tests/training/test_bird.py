@@ -52,15 +52,21 @@ def test_quick_bundle_records_its_int8_verdict(bird_bundle):
     assert q.attempts[-1]["top1_agreement"] == round(q.agreement["top1_agreement"], 6)
 
 
+def shared_pixels(spec, per_label: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``per_label`` shared bird and forest photos as the graph's uint8 pixels, and their labels."""
+    from services.preprocessing import decode_image, image_pixels
+
+    files = [f for label in ("bird", "forest") for f in sorted((SHARED / "bird_or_forest" / label).iterdir())[:per_label]]
+    x = np.stack([image_pixels(decode_image(f.read_bytes()), spec) for f in files])
+    return x, np.array([spec.vocab.index(f.parent.name) for f in files])
+
+
 def test_a_gate_that_cannot_be_met_leaves_fp32_only_with_the_figures(bird_bundle, tmp_path):
     """The refusal path: the same quantization held to an impossible agreement (above 1)."""
-    from services.preprocessing import decode_image, image_pixels
     from training.quantize import Gate, quantize_model
 
     spec = open_bundle(bird_bundle).spec
-    files = sorted((SHARED / "bird_or_forest" / "bird").iterdir())[:12] + sorted((SHARED / "bird_or_forest" / "forest").iterdir())[:12]
-    x = np.stack([image_pixels(decode_image(f.read_bytes()), spec) for f in files])
-    y = np.array([spec.vocab.index(f.parent.name) for f in files])
+    x, y = shared_pixels(spec, 12)
     out = tmp_path / "model.int8.onnx"
     q = quantize_model(bird_bundle / "model.onnx", out, x[::2], x[1::2], y[1::2], "image-classification",
                        {"split": "test photos"}, Gate(min_top1_agreement=1.01))
@@ -81,16 +87,15 @@ def test_a_fallback_group_runs_in_fp32_and_the_groups_cover_the_network(bird_bun
     quantizable convolution is still INT8."""
     import onnx
 
-    from services.preprocessing import decode_image, image_pixels
     from training.quantize import GROUPS, _Quantizer, conv_groups
 
     spec = open_bundle(bird_bundle).spec
-    files = sorted((SHARED / "bird_or_forest" / "bird").iterdir())[:4] + sorted((SHARED / "bird_or_forest" / "forest").iterdir())[:4]
-    x = np.stack([image_pixels(decode_image(f.read_bytes()), spec) for f in files])
+    x, _ = shared_pixels(spec, 4)
     q = _Quantizer(bird_bundle / "model.onnx", x, tmp_path)
     groups = conv_groups(q.pre, q.keep)
-    names = [n.name for n in onnx.load(str(q.pre)).graph.node]
-    convs = [n for n in onnx.load(str(q.pre)).graph.node if n.op_type == "Conv" and n.name not in q.keep]
+    nodes = onnx.load(str(q.pre)).graph.node
+    names = [n.name for n in nodes]
+    convs = [n for n in nodes if n.op_type == "Conv" and n.name not in q.keep]
     assert len(groups) == GROUPS and not set(q.keep) & {n for g in groups for n in g}
     flat = [n for g in groups for n in g]
     assert flat == [n for n in names[names.index(groups[0][0]):] if n not in q.keep]  # contiguous, in graph order
